@@ -1,0 +1,3 @@
+module github.com/nodetrust/nodetrust
+
+go 1.26

@@ -1,0 +1,21 @@
+// Package version holds the build's version, set at link time with
+// -ldflags "-X github.com/nodetrust/nodetrust/internal/version.Version=...".
+package version
+
+import "runtime/debug"
+
+// Version is the release version; "dev" for builds outside a release.
+var Version = "dev"
+
+// String returns the version with the VCS revision when the build knows it.
+func String() string {
+	v := Version
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " (" + s.Value[:12] + ")"
+			}
+		}
+	}
+	return v
+}
