@@ -112,8 +112,8 @@ func (v view) String() string {
 
 // treeOptions says what a view leaves out.
 type treeOptions struct {
-	concealed   map[string]bool // lower-case attribute keys
-	hideTokens  bool
+	concealed    map[string]bool // lower-case attribute keys
+	hideTokens   bool
 	hideIdentity bool
 }
 
