@@ -31,7 +31,7 @@ fuzz:
 # Benchmarks against baselines measured in the same run; results go to
 # docs/performance.md by hand, with the command that produced them.
 bench: build
-	$(GO) run ./test/bench -bin $(BIN)
+	$(GO) run ./test/bench/metadatabench -bin $(BIN)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func run(t *testing.T, ctx context.Context, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := runMain(ctx, &cmdEnv{stdout: &out, stderr: &errb}, args)
+	return code, out.String(), errb.String()
+}
+
+func TestEveryCommandHasHelpWithExample(t *testing.T) {
+	for name := range commands {
+		t.Run(name, func(t *testing.T) {
+			code, out, _ := run(t, context.Background(), name, "--help")
+			if code != 0 {
+				t.Fatalf("%s --help exited %d", name, code)
+			}
+			if !strings.Contains(out, "Example:") || !strings.Contains(out, "nodetrust "+name) {
+				t.Errorf("%s --help lacks an example:\n%s", name, out)
+			}
+		})
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no command", nil, 2, ""},
+		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"unknown flag", []string{"version", "--bogus"}, 2, "-bogus"},
+		{"metadata without data", []string{"metadata"}, 2, "--data is required"},
+		{"metadata with missing file", []string{"metadata", "--data", "/nonexistent/md.yaml"}, 1, "/nonexistent/md.yaml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, errOut := run(t, context.Background(), tt.args...)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d (stderr %q)", code, tt.code, errOut)
+			}
+			if !strings.Contains(errOut, tt.want) {
+				t.Errorf("stderr %q does not contain %q", errOut, tt.want)
+			}
+		})
+	}
+}
+
+func TestMetadataCommandRejectsBadFileNamingLine(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "md.yaml")
+	if err := os.WriteFile(p, []byte("project:\n  projectId: x\ninstances:\n  - name: a\n    hostAdresses: [127.0.0.1]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := run(t, context.Background(), "metadata", "--data", p)
+	if code != 1 || !strings.Contains(errOut, p) || !strings.Contains(errOut, "line 5") || !strings.Contains(errOut, "hostAdresses") {
+		t.Fatalf("exit %d, stderr %q: want the file, line 5 and the field named", code, errOut)
+	}
+}
+
+func TestDemoShowsConcealment(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code, out, errOut := run(t, ctx, "demo")
+	if code != 0 {
+		t.Fatalf("demo exited %d: %s\n%s", code, errOut, out)
+	}
+	for _, want := range []string{"never contained the token", "holding the new token: true", "not woken by the rotation"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
