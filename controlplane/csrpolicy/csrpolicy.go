@@ -259,3 +259,9 @@ func StateOf(st certv1.CertificateSigningRequestStatus) State {
 	}
 	return Pending
 }
+
+// IsNodeUser reports whether user is a node identity.
+func IsNodeUser(user string) bool {
+	_, ok := NodeName(user)
+	return ok
+}

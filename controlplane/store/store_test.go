@@ -123,7 +123,7 @@ func TestWatch(t *testing.T) {
 	s := open(t, t.TempDir())
 	defer s.Close()
 	s.Create("csr", "a", val("1"))
-	w, err := s.Watch("csr", 0)
+	w, err := s.Watch("csr", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestWatch(t *testing.T) {
 	for i := range 10 {
 		s.Create("csr", fmt.Sprint("n", i), val("v"))
 	}
-	if _, err := s.Watch("csr", 1); !errors.Is(err, ErrGone) {
+	if _, err := s.Watch("csr", "", 1); !errors.Is(err, ErrGone) {
 		t.Fatalf("watch from a forgotten rv: %v, want ErrGone", err)
 	}
 }

@@ -16,6 +16,7 @@ const maxQueued = 200000
 type Watch struct {
 	s    *Store
 	kind string
+	name string // "" for every object of kind
 
 	mu     sync.Mutex
 	queue  []Event // guarded by mu
@@ -23,11 +24,11 @@ type Watch struct {
 	notify chan struct{}
 }
 
-// Watch returns the events of kind after resource version from. It fails
-// with ErrGone when events after from are no longer kept. Call Stop when
-// done.
-func (s *Store) Watch(kind string, from uint64) (*Watch, error) {
-	w := &Watch{s: s, kind: kind, notify: make(chan struct{}, 1)}
+// Watch returns the events of kind (and of the object name, unless name is
+// empty) after resource version from. It fails with ErrGone when events
+// after from are no longer kept. Call Stop when done.
+func (s *Store) Watch(kind, name string, from uint64) (*Watch, error) {
+	w := &Watch{s: s, kind: kind, name: name, notify: make(chan struct{}, 1)}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if from < s.availableFromLocked() {
@@ -36,7 +37,7 @@ func (s *Store) Watch(kind string, from uint64) (*Watch, error) {
 	n := len(s.history)
 	for i := 0; i < s.histLen; i++ {
 		ev := s.history[(s.histPos+i)%n]
-		if ev.RV > from && ev.Kind == kind {
+		if ev.RV > from && w.matches(ev) {
 			w.queue = append(w.queue, ev)
 		}
 	}
@@ -86,7 +87,7 @@ func (w *Watch) push(evs []Event) {
 	}
 	added := false
 	for _, ev := range evs {
-		if ev.Kind == w.kind {
+		if w.matches(ev) {
 			w.queue = append(w.queue, ev)
 			added = true
 		}
@@ -149,4 +150,8 @@ func (w *Watch) stopLocked(err error) {
 	case w.notify <- struct{}{}:
 	default:
 	}
+}
+
+func (w *Watch) matches(ev Event) bool {
+	return ev.Kind == w.kind && (w.name == "" || ev.Name == w.name)
 }

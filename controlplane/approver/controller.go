@@ -1,0 +1,217 @@
+package approver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	certv1 "k8s.io/api/certificates/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nodetrust/nodetrust/controlplane/csrpolicy"
+	"github.com/nodetrust/nodetrust/controlplane/csrs"
+	"github.com/nodetrust/nodetrust/controlplane/instances"
+	"github.com/nodetrust/nodetrust/controlplane/signer"
+	"github.com/nodetrust/nodetrust/controlplane/store"
+	"github.com/nodetrust/nodetrust/controlplane/tokens"
+	"github.com/nodetrust/nodetrust/internal/clock"
+)
+
+// ErrSignerRejected must be wrapped by a Signer's error when it refused
+// the request on its merits; the request is then marked Failed.
+var ErrSignerRejected = signer.ErrRejected
+
+// Signer signs an approved request and returns the certificate PEM.
+type Signer interface {
+	Sign(ctx context.Context, c *certv1.CertificateSigningRequest) ([]byte, error)
+}
+
+// Controller approves, signs and collects requests.
+type Controller struct {
+	Store    *store.Store
+	Registry *instances.Registry
+	Signer   Signer
+	Tokens   *tokens.Manager // expired tokens are collected when set
+	Clock    clock.Clock
+	Logger   *slog.Logger
+	// Workers is how many requests are handled at once; 0 means 16.
+	Workers int
+	// GCInterval is how often old requests are collected; 0 means 1 h.
+	GCInterval time.Duration
+
+	q queue
+}
+
+// Run handles requests until ctx is done and returns after its
+// goroutines have ended.
+func (c *Controller) Run(ctx context.Context) error {
+	c.Clock = clock.Or(c.Clock)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Workers <= 0 {
+		c.Workers = 16
+	}
+	if c.GCInterval <= 0 {
+		c.GCInterval = time.Hour
+	}
+	c.q.init()
+	objs, rv := c.Store.List(csrs.Kind)
+	w, err := c.Store.Watch(csrs.Kind, "", rv)
+	if err != nil {
+		return fmt.Errorf("watch requests: %w", err)
+	}
+	for _, o := range objs {
+		c.q.add(o.Name)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer c.q.shutdown()
+		defer func() { w.Stop() }()
+		for {
+			ev, err := w.Next(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					c.Logger.Error("request watch ended; restarting the controller's watch", "err", err)
+					// Re-list: events may have been missed.
+					objs, rv := c.Store.List(csrs.Kind)
+					if w, err = c.Store.Watch(csrs.Kind, "", rv); err != nil {
+						cancel()
+						return
+					}
+					for _, o := range objs {
+						c.q.add(o.Name)
+					}
+					continue
+				}
+				return
+			}
+			if ev.Type != store.Deleted {
+				c.q.add(ev.Name)
+			}
+		}
+	})
+	for range c.Workers {
+		wg.Go(func() {
+			for {
+				name, ok := c.q.get()
+				if !ok {
+					return
+				}
+				retry := c.handle(ctx, name)
+				c.q.done(name)
+				if retry > 0 {
+					wg.Go(func() { c.requeueAfter(ctx, name, retry) })
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		t := c.Clock.NewTicker(c.GCInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C():
+				if _, err := c.Collect(c.Clock.Now()); err != nil {
+					c.Logger.Error("collect old requests", "err", err)
+				}
+			}
+		}
+	})
+	wg.Wait()
+	return nil
+}
+
+func (c *Controller) requeueAfter(ctx context.Context, name string, d time.Duration) {
+	t := c.Clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C():
+		c.q.add(name)
+	}
+}
+
+const retryDelay = 2 * time.Second
+
+// handle moves one request forward; it returns a delay after which to try
+// again, or 0.
+func (c *Controller) handle(ctx context.Context, name string) time.Duration {
+	csr, err := csrs.Get(c.Store, name)
+	if err != nil {
+		return 0 // deleted meanwhile
+	}
+	if csrpolicy.StateOf(csr.Status) == csrpolicy.Pending {
+		d := Decide(csr, c.Registry)
+		if d.Action == Leave {
+			return 0
+		}
+		csr, err = c.setCondition(name, d)
+		if err != nil {
+			c.Logger.Error("record decision", "csr", name, "action", d.Action.String(), "err", err)
+			return retryDelay
+		}
+		c.Logger.Info("decided on request", "csr", name, "action", d.Action.String(), "reason", d.Reason, "message", d.Message)
+	}
+	if csrpolicy.StateOf(csr.Status) != csrpolicy.Approved || !csrpolicy.Served(csr.Spec.SignerName) {
+		return 0
+	}
+	pemCert, err := c.Signer.Sign(ctx, csr)
+	switch {
+	case errors.Is(err, ErrSignerRejected):
+		c.Logger.Warn("signer refused request", "csr", name, "err", err)
+		_, err = c.setCondition(name, Decision{Reason: "SignerValidationFailure", Message: err.Error()}, certv1.CertificateFailed)
+		if err != nil {
+			return retryDelay
+		}
+		return 0
+	case err != nil:
+		if ctx.Err() != nil {
+			return 0
+		}
+		c.Logger.Error("sign request", "csr", name, "err", err)
+		return retryDelay
+	}
+	_, err = csrs.Update(c.Store, name, func(cur *certv1.CertificateSigningRequest) error {
+		if csrpolicy.StateOf(cur.Status) != csrpolicy.Approved {
+			return fmt.Errorf("request %q changed state while being signed", name)
+		}
+		cur.Status.Certificate = pemCert
+		return nil
+	})
+	if err != nil {
+		c.Logger.Warn("store certificate", "csr", name, "err", err)
+	}
+	return 0
+}
+
+// setCondition adds the decision's condition (Approved or Denied, or the
+// type given) if the request is still pending or approved-unsigned.
+func (c *Controller) setCondition(name string, d Decision, typ ...certv1.RequestConditionType) (*certv1.CertificateSigningRequest, error) {
+	t := certv1.CertificateApproved
+	if d.Action == Deny {
+		t = certv1.CertificateDenied
+	}
+	if len(typ) > 0 {
+		t = typ[0]
+	}
+	now := metav1.NewTime(c.Clock.Now())
+	return csrs.Update(c.Store, name, func(cur *certv1.CertificateSigningRequest) error {
+		st := csrpolicy.StateOf(cur.Status)
+		if t == certv1.CertificateFailed && st != csrpolicy.Approved || t != certv1.CertificateFailed && st != csrpolicy.Pending {
+			return fmt.Errorf("request %q is no longer waiting for a %s condition", name, t)
+		}
+		cur.Status.Conditions = append(cur.Status.Conditions, certv1.CertificateSigningRequestCondition{
+			Type: t, Status: "True", Reason: d.Reason, Message: d.Message,
+			LastUpdateTime: now, LastTransitionTime: now,
+		})
+		return nil
+	})
+}
