@@ -137,7 +137,7 @@ func TestTopLevelFoldersHaveRules(t *testing.T) {
 			continue
 		}
 		switch e.Name() {
-		case "cmd", "test", "docs":
+		case "cmd", "test", "docs", "bin", "dist": // bin/ and dist/ are build output
 			continue
 		}
 		if _, ok := Allowed[e.Name()]; !ok {
