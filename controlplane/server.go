@@ -1,0 +1,165 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nodetrust/nodetrust/controlplane/apiserver"
+	"github.com/nodetrust/nodetrust/controlplane/approver"
+	"github.com/nodetrust/nodetrust/controlplane/instances"
+	"github.com/nodetrust/nodetrust/controlplane/pki"
+	"github.com/nodetrust/nodetrust/controlplane/signer"
+	"github.com/nodetrust/nodetrust/controlplane/store"
+	"github.com/nodetrust/nodetrust/controlplane/tokens"
+	"github.com/nodetrust/nodetrust/internal/clock"
+	"github.com/nodetrust/nodetrust/metadata"
+)
+
+// Config configures the API server process.
+type Config struct {
+	DataDir string
+	// SignerSocket is the signer's socket; "" means the data folder's.
+	SignerSocket string
+	// MetadataFile is the metadata data file whose instances own serving
+	// names; "" means only instances registered through the API.
+	MetadataFile string
+	// Workers is how many requests the approver handles at once.
+	Workers int
+	// GCInterval is how often old requests are collected; 0 means 1 h.
+	GCInterval time.Duration
+	Clock      clock.Clock
+	Logger     *slog.Logger
+}
+
+// Server is the API server process: HTTPS API, approver and store. It
+// holds no CA key.
+type Server struct {
+	cfg        Config
+	Store      *store.Store
+	Tokens     *tokens.Manager
+	Registry   *instances.Registry
+	Controller *approver.Controller
+	API        *apiserver.Server
+	tlsCfg     *tls.Config
+	signer     *signer.Client
+}
+
+// NewServer loads the data folder and opens the store. Call Run, which
+// closes the store when it returns.
+func NewServer(cfg Config) (*Server, error) {
+	cfg.Clock = clock.Or(cfg.Clock)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	p := Paths{cfg.DataDir}
+	if cfg.SignerSocket == "" {
+		cfg.SignerSocket = p.SignerSocket()
+	}
+	caPEM, err := pki.ReadCertFile(p.CACert())
+	if err != nil {
+		return nil, fmt.Errorf("%w (run 'nodetrust controlplane init --data-dir %s' first)", err, cfg.DataDir)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	if err := pki.CheckKeyFileMode(p.APIServerKey()); err != nil {
+		return nil, err
+	}
+	pair, err := tls.LoadX509KeyPair(p.APIServerCert(), p.APIServerKey())
+	if err != nil {
+		return nil, fmt.Errorf("API serving pair %s: %w", p.APIServerCert(), err)
+	}
+	var data *metadata.Data
+	if cfg.MetadataFile != "" {
+		if data, err = metadata.LoadFile(cfg.MetadataFile); err != nil {
+			return nil, fmt.Errorf("instance registry: %w", err)
+		}
+	}
+	st, err := store.Open(p.StoreDir(), store.Options{Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, Store: st, signer: signer.NewClient(cfg.SignerSocket)}
+	s.Tokens = &tokens.Manager{Store: st, Clock: cfg.Clock}
+	s.Registry = instances.New(data, st)
+	s.Controller = &approver.Controller{
+		Store: st, Registry: s.Registry, Signer: s.signer, Tokens: s.Tokens,
+		Clock: cfg.Clock, Logger: cfg.Logger, Workers: cfg.Workers, GCInterval: cfg.GCInterval,
+	}
+	s.API = apiserver.New(apiserver.Config{
+		Store: st, Tokens: s.Tokens, Registry: s.Registry, Clock: cfg.Clock, Logger: cfg.Logger,
+		Ready: s.ready,
+	})
+	s.tlsCfg = apiserver.TLSConfig(pair, pool, cfg.Clock)
+	return s, nil
+}
+
+// ready reports whether the signer socket is there.
+func (s *Server) ready() error {
+	if _, err := os.Stat(s.cfg.SignerSocket); err != nil {
+		return fmt.Errorf("signer socket: %w", err)
+	}
+	return nil
+}
+
+// Run serves the API on ln and runs the approver until ctx is done, then
+// closes the store. It returns after every goroutine has ended.
+func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	wg.Go(func() {
+		errs[0] = s.API.Serve(ctx, ln, s.tlsCfg)
+		cancel()
+	})
+	wg.Go(func() {
+		errs[1] = s.Controller.Run(ctx)
+		cancel()
+	})
+	s.cfg.Logger.Info("control plane API serving", "addr", ln.Addr().String(), "signer_socket", s.cfg.SignerSocket)
+	wg.Wait()
+	s.signer.Close()
+	return errors.Join(errors.Join(errs...), s.Store.Close())
+}
+
+// SignerConfig configures the signer process.
+type SignerConfig struct {
+	DataDir string
+	// Socket is where to listen; "" means the data folder's.
+	Socket string
+	// MaxDuration caps certificate lifetimes; 0 means one year.
+	MaxDuration time.Duration
+	Clock       clock.Clock
+	Logger      *slog.Logger
+}
+
+// RunSigner loads the cluster CA (refusing a key file readable by others),
+// listens on the socket and signs approved requests until ctx is done.
+func RunSigner(ctx context.Context, cfg SignerConfig) error {
+	p := Paths{cfg.DataDir}
+	if cfg.Socket == "" {
+		cfg.Socket = p.SignerSocket()
+	}
+	cert, key, err := signer.LoadCA(p.CACert(), p.CAKey())
+	if err != nil {
+		return err
+	}
+	ln, err := signer.Listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	srv := signer.New(signer.Config{CACert: cert, CAKey: key, MaxDuration: cfg.MaxDuration, Clock: cfg.Clock, Logger: cfg.Logger})
+	if cfg.Logger != nil {
+		cfg.Logger.Info("signer listening", "socket", cfg.Socket, "ca", p.CACert())
+	}
+	defer os.Remove(cfg.Socket)
+	return srv.Serve(ctx, ln)
+}
