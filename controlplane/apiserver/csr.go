@@ -58,7 +58,7 @@ func randomSuffix() string {
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || mt != "application/json" {
+		if err != nil || mt != "application/json" && mt != protobufType {
 			return nil, apierrors.NewGenericServerResponse(http.StatusUnsupportedMediaType, r.Method, csrResource, "",
 				fmt.Sprintf("content type %q is not supported; send application/json", ct), 0, false)
 		}
@@ -75,6 +75,9 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 }
 
 func decodeCSR(b []byte) (*certv1.CertificateSigningRequest, error) {
+	if bytes.HasPrefix(b, protobufMagic) {
+		return decodeProtobufCSR(b)
+	}
 	var c certv1.CertificateSigningRequest
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&c); err != nil {
