@@ -102,7 +102,8 @@ func (c *cluster) startSigner() {
 
 func (c *cluster) start() {
 	c.t.Helper()
-	srv, err := controlplane.NewServer(controlplane.Config{DataDir: c.dir, MetadataFile: c.meta, Clock: c.clk, Workers: 4})
+	srv, err := controlplane.NewServer(controlplane.Config{DataDir: c.dir, MetadataFile: c.meta, Clock: c.clk, Workers: 4,
+		GCInterval: 10000 * time.Hour}) // tests call Collect themselves
 	if err != nil {
 		c.t.Fatal(err)
 	}
