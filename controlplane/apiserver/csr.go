@@ -385,4 +385,3 @@ func applyStatus(cur, in *certv1.CertificateSigningRequest, now metav1.Time) err
 	}
 	return nil
 }
-
