@@ -84,12 +84,13 @@ type Store struct {
 	logSize int64    // owned by the committer after Open
 
 	wmu      sync.Mutex
-	history  []Event             // guarded by wmu; ring of recent committed events
-	histLen  int                 // guarded by wmu
-	histPos  int                 // guarded by wmu; index of the oldest
-	durable  uint64              // guarded by wmu; highest committed RV
-	histBase uint64              // guarded by wmu; RV when the history began
-	watches  map[*Watch]struct{} // guarded by wmu
+	history  []Event                        // guarded by wmu; ring of recent committed events
+	histLen  int                            // guarded by wmu
+	histPos  int                            // guarded by wmu; index of the oldest
+	durable  uint64                         // guarded by wmu; highest committed RV
+	histBase uint64                         // guarded by wmu; RV when the history began
+	watches  map[*Watch]struct{}            // guarded by wmu; watches of a whole kind
+	named    map[string]map[*Watch]struct{} // guarded by wmu; "kind/name" -> watches of one object
 
 	done chan struct{}
 }
@@ -117,6 +118,7 @@ func Open(dir string, opt Options) (*Store, error) {
 		kick:    make(chan struct{}, 1),
 		history: make([]Event, opt.History),
 		watches: map[*Watch]struct{}{},
+		named:   map[string]map[*Watch]struct{}{},
 		done:    make(chan struct{}),
 	}
 	if err := s.replay(); err != nil {
@@ -146,6 +148,11 @@ func (s *Store) Close() error {
 	s.wmu.Lock()
 	for w := range s.watches {
 		w.stopLocked(ErrClosed)
+	}
+	for _, m := range s.named {
+		for w := range m {
+			w.stopLocked(ErrClosed)
+		}
 	}
 	s.wmu.Unlock()
 	return s.f.Close()

@@ -41,7 +41,7 @@ func (s *Store) Watch(kind, name string, from uint64) (*Watch, error) {
 			w.queue = append(w.queue, ev)
 		}
 	}
-	s.watches[w] = struct{}{}
+	s.addWatchLocked(w)
 	if len(w.queue) > 0 {
 		w.notify <- struct{}{}
 	}
@@ -76,6 +76,39 @@ func (s *Store) publish(evs []Event) {
 	}
 	for w := range s.watches {
 		w.push(evs)
+	}
+	for _, ev := range evs {
+		for w := range s.named[ev.Kind+"/"+ev.Name] {
+			w.push([]Event{ev})
+		}
+	}
+}
+
+// addWatchLocked indexes w: watches of one object are found by name, so
+// that many of them cost nothing per unrelated event.
+func (s *Store) addWatchLocked(w *Watch) {
+	if w.name == "" {
+		s.watches[w] = struct{}{}
+		return
+	}
+	k := w.kind + "/" + w.name
+	m := s.named[k]
+	if m == nil {
+		m = map[*Watch]struct{}{}
+		s.named[k] = m
+	}
+	m[w] = struct{}{}
+}
+
+func (s *Store) removeWatchLocked(w *Watch) {
+	if w.name == "" {
+		delete(s.watches, w)
+		return
+	}
+	k := w.kind + "/" + w.name
+	delete(s.named[k], w)
+	if len(s.named[k]) == 0 {
+		delete(s.named, k)
 	}
 }
 
@@ -139,7 +172,7 @@ func (w *Watch) Stop() {
 
 // stopLocked ends the watch with err; the store's wmu is held.
 func (w *Watch) stopLocked(err error) {
-	delete(w.s.watches, w)
+	w.s.removeWatchLocked(w)
 	w.mu.Lock()
 	if w.err == nil {
 		w.err = err
