@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,6 +80,15 @@ type testServer struct {
 // Metrics, when nil, are registered with a fresh registry.
 func startServer(t testing.TB, cfg metadata.Config, d *metadata.Data) *testServer {
 	t.Helper()
+	ts, stop := runServer(t, cfg, d)
+	t.Cleanup(stop)
+	return ts
+}
+
+// runServer is startServer with an explicit stop, which cancels Run and
+// waits for it to return; stop may be called more than once.
+func runServer(t testing.TB, cfg metadata.Config, d *metadata.Data) (*testServer, func()) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	if cfg.Metrics == nil {
 		cfg.Metrics = metadata.NewMetrics(reg)
@@ -90,18 +100,21 @@ func startServer(t testing.TB, cfg metadata.Config, d *metadata.Data) *testServe
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run = %v, want nil", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run = %v, want nil", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("Run did not return after cancel")
 			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("Run did not return after cancel")
-		}
-	})
-	return &testServer{srv: srv, reg: reg, addr: ln.Addr().String()}
+		})
+	}
+	return &testServer{srv: srv, reg: reg, addr: ln.Addr().String()}, stop
 }
 
 // client returns an HTTP client whose connections come from src and that
@@ -185,12 +198,13 @@ func rawRequest(method, target string, extra ...string) string {
 	return b.String()
 }
 
-// metric returns the value of the metric name whose labels include labels
-// (pairs), or 0 when it has not been exported.
+// metric returns the sum of the series of metric name whose labels include
+// labels (name, value pairs); 0 when none has been exported.
 func (ts *testServer) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := ts.reg.Gather()
 	require.NoError(t, err)
+	sum := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -210,13 +224,13 @@ func (ts *testServer) metric(t testing.TB, name string, labels ...string) float6
 			}
 			switch {
 			case m.Gauge != nil:
-				return m.Gauge.GetValue()
+				sum += m.Gauge.GetValue()
 			case m.Counter != nil:
-				return m.Counter.GetValue()
+				sum += m.Counter.GetValue()
 			}
 		}
 	}
-	return 0
+	return sum
 }
 
 // watchers is the number of waiting wait_for_change requests.

@@ -61,7 +61,7 @@ func keyOf(req *request) watchKey {
 	f.WriteString(q.alt)
 	f.WriteByte('|')
 	f.WriteString(q.audience)
-	return watchKey{addr: req.addr, path: strings.Join(req.segs, "/"), dirSlash: req.dirSlash, f: f.String()}
+	return watchKey{addr: req.addr, path: req.path, dirSlash: req.dirSlash, f: f.String()} // the request path: "/" and "/computeMetadata/v1/" have the same segs
 }
 
 // admit reserves a place for one more waiter of addr.
@@ -184,7 +184,7 @@ func (s *Server) deliver(w *watcher, v view, resp *response, now time.Time) {
 		return
 	}
 	s.metrics.request(v, resp.code)
-	w.conn.SetWriteDeadline(now.Add(5 * time.Second))
+	w.conn.SetWriteDeadline(time.Now().Add(5 * time.Second)) // socket deadlines are wall-clock, whatever s.clock is
 	w.conn.Write(resp.raw(w.head, now))
 	w.conn.Close()
 }
