@@ -118,7 +118,8 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	c.ResourceVersion, c.ManagedFields, c.DeletionTimestamp, c.Generation = "", nil, nil, 0
 	c.Spec.Username, c.Spec.UID, c.Spec.Groups, c.Spec.Extra = u.Name, u.UID, u.Groups, nil
 	c.Status = certv1.CertificateSigningRequestStatus{}
-	if err := csrs.Create(s.cfg.Store, c); err != nil {
+	data, err := csrs.Create(s.cfg.Store, c)
+	if err != nil {
 		if errors.Is(err, store.ErrExists) {
 			writeStatus(w, apierrors.NewAlreadyExists(csrResource, c.Name))
 			return
@@ -126,7 +127,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, apierrors.NewInternalError(err))
 		return
 	}
-	writeJSON(w, http.StatusCreated, c)
+	writeRaw(w, http.StatusCreated, data)
 }
 
 // validateCreate checks a new request's content (422), and who may ask for

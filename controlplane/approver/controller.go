@@ -148,48 +148,74 @@ func (c *Controller) handle(ctx context.Context, name string) time.Duration {
 	if err != nil {
 		return 0 // deleted meanwhile
 	}
+	var d *Decision
 	if csrpolicy.StateOf(csr.Status) == csrpolicy.Pending {
-		d := Decide(csr, c.Registry)
-		if d.Action == Leave {
+		dec := Decide(csr, c.Registry)
+		switch dec.Action {
+		case Leave:
+			return 0
+		case Deny:
+			if _, err := c.setCondition(name, dec); err != nil {
+				c.Logger.Error("record decision", "csr", name, "action", dec.Action.String(), "err", err)
+				return retryDelay
+			}
+			c.Logger.Info("denied request", "csr", name, "reason", dec.Reason, "message", dec.Message)
 			return 0
 		}
-		csr, err = c.setCondition(name, d)
-		if err != nil {
-			c.Logger.Error("record decision", "csr", name, "action", d.Action.String(), "err", err)
-			return retryDelay
-		}
-		c.Logger.Info("decided on request", "csr", name, "action", d.Action.String(), "reason", d.Reason, "message", d.Message)
+		// Approve: ask the signer with the approval in hand, and store the
+		// approval and the certificate in one write. If the signer cannot
+		// be reached, the approval is stored alone and signing retried.
+		d = &dec
+		csr.Status.Conditions = append(csr.Status.Conditions, c.condition(certv1.CertificateApproved, dec))
 	}
 	if csrpolicy.StateOf(csr.Status) != csrpolicy.Approved || !csrpolicy.Served(csr.Spec.SignerName) {
 		return 0
 	}
 	pemCert, err := c.Signer.Sign(ctx, csr)
-	switch {
-	case errors.Is(err, ErrSignerRejected):
-		c.Logger.Warn("signer refused request", "csr", name, "err", err)
-		_, err = c.setCondition(name, Decision{Reason: "SignerValidationFailure", Message: err.Error()}, certv1.CertificateFailed)
-		if err != nil {
-			return retryDelay
+	if err != nil && !errors.Is(err, ErrSignerRejected) {
+		if d != nil {
+			if _, serr := c.setCondition(name, *d); serr != nil {
+				c.Logger.Error("record approval", "csr", name, "err", serr)
+			}
 		}
-		return 0
-	case err != nil:
 		if ctx.Err() != nil {
 			return 0
 		}
 		c.Logger.Error("sign request", "csr", name, "err", err)
 		return retryDelay
 	}
-	_, err = csrs.Update(c.Store, name, func(cur *certv1.CertificateSigningRequest) error {
-		if csrpolicy.StateOf(cur.Status) != csrpolicy.Approved {
+	_, uerr := csrs.Update(c.Store, name, func(cur *certv1.CertificateSigningRequest) error {
+		st := csrpolicy.StateOf(cur.Status)
+		if d != nil && st != csrpolicy.Pending || d == nil && st != csrpolicy.Approved {
 			return fmt.Errorf("request %q changed state while being signed", name)
+		}
+		if d != nil {
+			cur.Status.Conditions = append(cur.Status.Conditions, c.condition(certv1.CertificateApproved, *d))
+		}
+		if err != nil {
+			cur.Status.Conditions = append(cur.Status.Conditions, c.condition(certv1.CertificateFailed, Decision{Reason: "SignerValidationFailure", Message: err.Error()}))
+			return nil
 		}
 		cur.Status.Certificate = pemCert
 		return nil
 	})
-	if err != nil {
-		c.Logger.Warn("store certificate", "csr", name, "err", err)
+	switch {
+	case uerr != nil:
+		c.Logger.Warn("store certificate", "csr", name, "err", uerr)
+	case err != nil:
+		c.Logger.Warn("signer refused request", "csr", name, "err", err)
+	case d != nil:
+		c.Logger.Debug("approved and issued", "csr", name, "reason", d.Reason)
 	}
 	return 0
+}
+
+func (c *Controller) condition(t certv1.RequestConditionType, d Decision) certv1.CertificateSigningRequestCondition {
+	now := metav1.NewTime(c.Clock.Now())
+	return certv1.CertificateSigningRequestCondition{
+		Type: t, Status: "True", Reason: d.Reason, Message: d.Message,
+		LastUpdateTime: now, LastTransitionTime: now,
+	}
 }
 
 // setCondition adds the decision's condition (Approved or Denied, or the
@@ -202,16 +228,12 @@ func (c *Controller) setCondition(name string, d Decision, typ ...certv1.Request
 	if len(typ) > 0 {
 		t = typ[0]
 	}
-	now := metav1.NewTime(c.Clock.Now())
 	return csrs.Update(c.Store, name, func(cur *certv1.CertificateSigningRequest) error {
 		st := csrpolicy.StateOf(cur.Status)
 		if t == certv1.CertificateFailed && st != csrpolicy.Approved || t != certv1.CertificateFailed && st != csrpolicy.Pending {
 			return fmt.Errorf("request %q is no longer waiting for a %s condition", name, t)
 		}
-		cur.Status.Conditions = append(cur.Status.Conditions, certv1.CertificateSigningRequestCondition{
-			Type: t, Status: "True", Reason: d.Reason, Message: d.Message,
-			LastUpdateTime: now, LastTransitionTime: now,
-		})
+		cur.Status.Conditions = append(cur.Status.Conditions, c.condition(t, d))
 		return nil
 	})
 }

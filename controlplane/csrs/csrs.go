@@ -46,10 +46,11 @@ func Get(st *store.Store, name string) (*certv1.CertificateSigningRequest, error
 	return Decode(o)
 }
 
-// Create stores a new request; c gets its resource version.
-func Create(st *store.Store, c *certv1.CertificateSigningRequest) error {
-	_, err := st.Create(Kind, c.Name, func(rv uint64) ([]byte, error) { return encode(c, rv) })
-	return err
+// Create stores a new request; c gets its resource version. It returns
+// the stored JSON.
+func Create(st *store.Store, c *certv1.CertificateSigningRequest) ([]byte, error) {
+	o, err := st.Create(Kind, c.Name, func(rv uint64) ([]byte, error) { return encode(c, rv) })
+	return o.Data, err
 }
 
 // Update applies fn to the current request and stores the result. An

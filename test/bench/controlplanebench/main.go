@@ -1,0 +1,307 @@
+// Command controlplanebench measures nodetrust's control plane on this
+// machine, in one run: CSRs issued per second end to end (create with a
+// bootstrap token, auto-approve, sign in the signer, watched until issued)
+// with 200 concurrent client-go clients, next to the raw ECDSA P-256
+// signing rate; and a 10,000-node bootstrap storm's duration and failures.
+//
+//	go run ./test/bench/controlplanebench
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	certv1 "k8s.io/api/certificates/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/nodetrust/nodetrust/controlplane"
+	"github.com/nodetrust/nodetrust/controlplane/csrpolicy"
+	"github.com/nodetrust/nodetrust/controlplane/pki"
+)
+
+func main() {
+	clients := flag.Int("clients", 200, "concurrent clients for the throughput run")
+	total := flag.Int("csrs", 20000, "CSRs in the throughput run")
+	storm := flag.Int("storm", 10000, "nodes in the bootstrap storm")
+	conns := flag.Int("conns", 50, "TLS connections the storm's nodes share (both ends live in this process; the open-files limit caps it)")
+	rawFor := flag.Duration("raw", 3*time.Second, "how long to measure raw signing")
+	flag.IntVar(&workers, "workers", 0, "approver workers (0: the server default)")
+	verbose := flag.Bool("v", false, "log the control plane's warnings and errors to stderr")
+	prof := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.Parse()
+	if *verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	if *prof != "" {
+		f, err := os.Create(*prof)
+		if err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	if err := run(*clients, *total, *storm, *conns, *rawFor); err != nil {
+		fmt.Fprintln(os.Stderr, "controlplanebench:", err)
+		pprof.StopCPUProfile()
+		os.Exit(1)
+	}
+}
+
+var (
+	workers int
+	logger  *slog.Logger
+)
+
+type bench struct {
+	addr  string
+	caPEM []byte
+	token string
+}
+
+func run(clients, total, storm, conns int, rawFor time.Duration) error {
+	fmt.Printf("machine: %d CPUs, GOMAXPROCS %d, %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	raw := rawSignRate(rawFor)
+	fmt.Printf("raw ECDSA P-256 signing (crypto/ecdsa.SignASN1, all cores): %.0f signatures/s\n", raw)
+
+	b, stop, err := start()
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	fmt.Printf("preparing %d CSRs (client-side key generation is not timed)...\n", total+storm)
+	reqs, err := makeCSRs(total+storm, "tput")
+	if err != nil {
+		return err
+	}
+
+	// Throughput: clients workers, each with its own client-go clientset.
+	var next atomic.Int64
+	var fails atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	cs := make([]kubernetes.Interface, clients)
+	for i := range cs {
+		cs[i] = b.clientset(i % 8)
+	}
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() {
+			for {
+				n := int(next.Add(1)) - 1
+				if n >= total {
+					return
+				}
+				if err := issue(cs[i], fmt.Sprintf("tput-%d", n), reqs[n]); err != nil {
+					fails.Add(1)
+					errOnce.Do(func() { firstErr = err })
+				}
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(t0)
+	rate := float64(total-int(fails.Load())) / el.Seconds()
+	fmt.Printf("end to end with %d concurrent clients: %d CSRs in %v = %.0f CSRs/s issued (%d failures)\n", clients, total, el.Round(time.Millisecond), rate, fails.Load())
+	fmt.Printf("ratio end-to-end / raw signing: %.3f (%.1f%%)\n", rate/raw, 100*rate/raw)
+	if firstErr != nil {
+		fmt.Printf("first failure: %v\n", firstErr)
+	}
+
+	// Storm: every node at once.
+	fails.Store(0)
+	firstErr = nil
+	errOnce = sync.Once{}
+	scs := make([]kubernetes.Interface, conns)
+	for i := range scs {
+		scs[i] = b.clientset(100 + i)
+	}
+	t0 = time.Now()
+	for i := range storm {
+		wg.Go(func() {
+			if err := issue(scs[i%conns], fmt.Sprintf("storm-node-%d", i), reqs[total+i]); err != nil {
+				fails.Add(1)
+				errOnce.Do(func() { firstErr = err })
+			}
+		})
+	}
+	wg.Wait()
+	el = time.Since(t0)
+	fmt.Printf("bootstrap storm: %d nodes at once over %d connections: done in %v (%.0f CSRs/s), %d failures\n", storm, conns, el.Round(time.Millisecond), float64(storm)/el.Seconds(), fails.Load())
+	if firstErr != nil {
+		fmt.Printf("first failure: %v\n", firstErr)
+		return errors.New("storm had failures")
+	}
+	return nil
+}
+
+// rawSignRate signs SHA-256 digests with one P-256 key per core for d.
+func rawSignRate(d time.Duration) float64 {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(d)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			key, _ := pki.GenerateKey()
+			digest := sha256.Sum256([]byte("nodetrust"))
+			for time.Now().Before(deadline) {
+				for range 64 {
+					ecdsa.SignASN1(rand.Reader, key, digest[:])
+				}
+				n.Add(64)
+			}
+		})
+	}
+	t0 := time.Now()
+	wg.Wait()
+	return float64(n.Load()) / time.Since(t0).Seconds()
+}
+
+func makeCSRs(n int, _ string) ([][]byte, error) {
+	out := make([][]byte, n)
+	var wg sync.WaitGroup
+	var first error
+	var mu sync.Mutex
+	per := (n + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0)
+	for w := 0; w*per < n; w++ {
+		wg.Go(func() {
+			for i := w * per; i < min(n, (w+1)*per); i++ {
+				key, err := pki.GenerateKey()
+				if err == nil {
+					out[i], err = pki.NewCSR(key, fmt.Sprintf("system:node:node-%d", i), []string{"system:nodes"}, nil, nil)
+				}
+				if err != nil {
+					mu.Lock()
+					first = err
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return out, first
+}
+
+func start() (*bench, func(), error) {
+	dir, err := os.MkdirTemp("", "ntbench")
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	addr := ln.Addr().String()
+	if err := controlplane.Init(controlplane.InitOptions{DataDir: dir, Server: "https://" + addr}); err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := controlplane.RunSigner(ctx, controlplane.SignerConfig{DataDir: dir}); err != nil {
+			fmt.Fprintln(os.Stderr, "signer:", err)
+		}
+	})
+	for i := 0; i < 500; i++ {
+		if _, err := os.Stat(controlplane.Paths{DataDir: dir}.SignerSocket()); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	srv, err := controlplane.NewServer(controlplane.Config{DataDir: dir, Workers: workers, Logger: logger})
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	tok, _, err := srv.Tokens.Create(time.Hour, "bench", nil)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	wg.Go(func() {
+		if err := srv.Run(ctx, ln); err != nil {
+			fmt.Fprintln(os.Stderr, "server:", err)
+		}
+	})
+	caPEM, _ := os.ReadFile(controlplane.Paths{DataDir: dir}.CACert())
+	stop := func() {
+		cancel()
+		wg.Wait()
+		os.RemoveAll(dir)
+	}
+	return &bench{addr: addr, caPEM: caPEM, token: tok}, stop, nil
+}
+
+// clientset returns a client-go clientset; different conn values get
+// separate transports (client-go shares one per identical config, so the
+// user agent tells them apart).
+func (b *bench) clientset(conn int) kubernetes.Interface {
+	cfg := &rest.Config{
+		Host:            "https://" + b.addr,
+		BearerToken:     b.token,
+		TLSClientConfig: rest.TLSClientConfig{CAData: b.caPEM, ServerName: fmt.Sprintf("localhost")},
+		UserAgent:       fmt.Sprintf("controlplanebench/%d", conn),
+		QPS:             -1, // no client-side rate limit
+		Timeout:         5 * time.Minute,
+	}
+	cfg.Proxy = nil
+	cfg.WrapTransport = nil
+	cfg.Dial = (&net.Dialer{}).DialContext
+	return kubernetes.NewForConfigOrDie(cfg)
+}
+
+// issue creates a kubelet client CSR and watches it until it is issued.
+func issue(cs kubernetes.Interface, name string, req []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	api := cs.CertificatesV1().CertificateSigningRequests()
+	c, err := api.Create(ctx, &certv1.CertificateSigningRequest{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: certv1.CertificateSigningRequestSpec{Request: req, SignerName: csrpolicy.SignerKubeletClient,
+			Usages: []certv1.KeyUsage{certv1.UsageDigitalSignature, certv1.UsageClientAuth}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create %s: %w", name, err)
+	}
+	w, err := api.Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String(), ResourceVersion: c.ResourceVersion})
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", name, err)
+	}
+	defer w.Stop()
+	for ev := range w.ResultChan() {
+		if ev.Type == watch.Error {
+			return fmt.Errorf("watch %s: error event %v", name, ev.Object)
+		}
+		got, ok := ev.Object.(*certv1.CertificateSigningRequest)
+		if !ok {
+			continue
+		}
+		switch csrpolicy.StateOf(got.Status) {
+		case csrpolicy.Issued:
+			if _, err := pki.ParseCerts(got.Status.Certificate); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		case csrpolicy.Denied, csrpolicy.Failed:
+			return fmt.Errorf("%s: %+v", name, got.Status.Conditions)
+		}
+	}
+	return fmt.Errorf("watch %s ended before the certificate was issued: %v", name, ctx.Err())
+}
