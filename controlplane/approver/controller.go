@@ -37,7 +37,9 @@ type Controller struct {
 	Tokens   *tokens.Manager // expired tokens are collected when set
 	Clock    clock.Clock
 	Logger   *slog.Logger
-	// Workers is how many requests are handled at once; 0 means 16.
+	// Workers is how many requests are handled at once; 0 means 128. Each
+	// waits for the signer and for its write to be durable (an fsync), so
+	// throughput is about Workers / (fsync + signing latency).
 	Workers int
 	// GCInterval is how often old requests are collected; 0 means 1 h.
 	GCInterval time.Duration
@@ -53,7 +55,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Workers <= 0 {
-		c.Workers = 16
+		c.Workers = 128
 	}
 	if c.GCInterval <= 0 {
 		c.GCInterval = time.Hour

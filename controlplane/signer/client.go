@@ -27,8 +27,8 @@ func NewClient(socket string) *Client {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return d.DialContext(ctx, "unix", socket)
 		},
-		MaxIdleConns:        64,
-		MaxIdleConnsPerHost: 64,
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     time.Minute,
 	}
 	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
