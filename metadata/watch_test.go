@@ -75,12 +75,11 @@ func await(t testing.TB, ch <-chan result) result {
 }
 
 // pending fails if ch has a result already.
-func pending(t testing.TB, ch <-chan result, msgAndArgs ...any) {
+func pending(t testing.TB, ch <-chan result, why ...string) {
 	t.Helper()
 	select {
 	case r := <-ch:
-		assert.Fail(t, "long-poll answered early", append([]any{"code %d body %q"}, msgAndArgs...)...)
-		_ = r
+		t.Errorf("long-poll answered early (%s): code %d, err %v, body %q", strings.Join(why, " "), r.code, r.err, r.body)
 	default:
 	}
 }
