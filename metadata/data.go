@@ -134,6 +134,13 @@ func LoadFile(path string) (*Data, error) {
 
 // Parse decodes and validates data file content. Unknown fields are errors.
 func Parse(b []byte) (*Data, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrInvalidData, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if root.Kind == 0 {
+		return nil, fmt.Errorf("%w: the file is empty", ErrInvalidData)
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	var d Data
@@ -141,7 +148,7 @@ func Parse(b []byte) (*Data, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%w: the file is empty", ErrInvalidData)
 		}
-		return nil, fmt.Errorf("%w: %s", ErrInvalidData, strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, fmt.Errorf("%w: %s", ErrInvalidData, nameFields(&root, err))
 	}
 	if err := d.Validate(); err != nil {
 		return nil, err
@@ -293,4 +300,64 @@ func (in *Instance) Addresses() (ips []netip.Addr, dnsNames []string) {
 		}
 	}
 	return ips, dnsNames
+}
+
+// nameFields rewrites the decoder's "line N: ..." messages so each also
+// names the field at that line, e.g. "line 3 (project.numericProjectId):
+// cannot unmarshal ...".
+func nameFields(root *yaml.Node, err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return msg
+	}
+	out := make([]string, 0, len(te.Errors))
+	for _, e := range te.Errors {
+		var line int
+		if _, scanErr := fmt.Sscanf(e, "line %d:", &line); scanErr == nil {
+			if f := fieldAt(root, line, ""); f != "" {
+				prefix := fmt.Sprintf("line %d:", line)
+				e = fmt.Sprintf("line %d (%s):%s", line, f, strings.TrimPrefix(e, prefix))
+			}
+		}
+		out = append(out, e)
+	}
+	return strings.Join(out, "; ")
+}
+
+// fieldAt returns the dotted path of the mapping key or value on line.
+func fieldAt(n *yaml.Node, line int, path string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if f := fieldAt(c, line, path); f != "" {
+				return f
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			if k.Line == line && (v.Kind == yaml.ScalarNode || v.Line == line) {
+				return p
+			}
+			if f := fieldAt(v, line, p); f != "" {
+				return f
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			if c.Kind == yaml.ScalarNode && c.Line == line {
+				return p
+			}
+			if f := fieldAt(c, line, p); f != "" {
+				return f
+			}
+		}
+	}
+	return ""
 }

@@ -31,7 +31,9 @@ type request struct {
 	head     bool
 }
 
-// ServeHTTP answers one metadata request.
+// ServeHTTP answers one metadata request. Long-poll timeouts and the
+// cleanup of abandoned long-polls are driven by Run; a Server mounted as a
+// handler elsewhere answers long-polls only when their value changes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	snap := s.snap.Load()
 	resp, req, iv, v := s.prepare(snap, r)

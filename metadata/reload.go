@@ -23,6 +23,10 @@ type Reloader struct {
 	Trigger <-chan struct{}
 	// Interval between checks of the file (default 1s).
 	Interval time.Duration
+	// Loaded is the file content Server was created from, if known. Run
+	// starts by comparing the file with it, so an edit made between loading
+	// and Run is not missed; nil means Run reloads once at start.
+	Loaded []byte
 
 	last []byte
 	stat fileStamp
@@ -45,9 +49,8 @@ func (r *Reloader) Run(ctx context.Context) error {
 		every = time.Second
 	}
 	r.stat, _ = stampOf(r.Path)
-	if r.last == nil {
-		r.last, _ = os.ReadFile(r.Path)
-	}
+	r.last = r.Loaded
+	r.Reload(log, "start")
 	t := clock.Or(r.Clock).NewTicker(every)
 	defer t.Stop()
 	for {
@@ -74,8 +77,15 @@ func (r *Reloader) Run(ctx context.Context) error {
 	}
 }
 
-// Reload loads the file now. It reports whether new data is being served.
+// Reload loads the file now, logging to log (nil: r.Logger). It reports
+// whether new data is being served.
 func (r *Reloader) Reload(log *slog.Logger, why string) bool {
+	if log == nil {
+		log = r.Logger
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	b, err := os.ReadFile(r.Path)
 	if err == nil && r.last != nil && bytes.Equal(b, r.last) {
 		r.Server.metrics.reloads.WithLabelValues("unchanged").Inc()

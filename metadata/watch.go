@@ -154,7 +154,7 @@ func (s *Server) wait(w http.ResponseWriter, r *http.Request, snap *snapshot, re
 			s.hub.mu.Lock()
 			s.releaseLocked(req.addr)
 			s.hub.mu.Unlock()
-			s.deliver(wt, v, resp, s.clock.Now())
+			s.deliverAll([]delivery{{wt, v, resp}})
 			if wt.conn == nil {
 				s.finish(w, v, req.head, <-wt.done)
 			}
@@ -177,16 +177,16 @@ func (s *Server) wait(w http.ResponseWriter, r *http.Request, snap *snapshot, re
 	}
 }
 
-// deliver answers a watcher that has left the hub.
-func (s *Server) deliver(w *watcher, v view, resp *response, now time.Time) {
+// deliver answers a watcher that has left the hub. A hijacked connection
+// gets raw bytes (rendered once per answer by the caller) and is closed.
+func (s *Server) deliver(w *watcher, v view, resp *response, raw []byte) {
 	if w.conn == nil {
 		w.done <- resp
 		return
 	}
 	s.metrics.request(v, resp.code)
 	w.conn.SetWriteDeadline(time.Now().Add(5 * time.Second)) // socket deadlines are wall-clock, whatever s.clock is
-	w.conn.Write(resp.raw(w.head, now))
-	w.conn.Close()
+	w.conn.Write(raw)
 }
 
 type delivery struct {
@@ -216,19 +216,45 @@ func (s *Server) notify(snap *snapshot) {
 	s.deliverAll(out)
 }
 
-// deliverAll writes answers with a few goroutines, so ten thousand waiters
-// are answered well within a second.
+// deliverAll writes answers with a few goroutines, every answer first and
+// the closes after, so ten thousand waiters have theirs well within a
+// second. Each distinct answer is rendered to bytes once.
 func (s *Server) deliverAll(out []delivery) {
 	if len(out) == 0 {
 		return
 	}
 	now := s.clock.Now()
+	type rawKey struct {
+		resp *response
+		head bool
+	}
+	raws := map[rawKey][]byte{}
+	for _, d := range out {
+		if d.w.conn != nil {
+			k := rawKey{d.resp, d.w.head}
+			if raws[k] == nil {
+				raws[k] = d.resp.raw(d.w.head, now)
+			}
+		}
+	}
 	const workers = 4
+	n := min(workers, len(out))
 	var wg sync.WaitGroup
-	for i := range min(workers, len(out)) {
+	for i := range n {
 		wg.Go(func() {
-			for j := i; j < len(out); j += workers {
-				s.deliver(out[j].w, out[j].v, out[j].resp, now)
+			for j := i; j < len(out); j += n {
+				d := out[j]
+				s.deliver(d.w, d.v, d.resp, raws[rawKey{d.resp, d.w.head}])
+			}
+		})
+	}
+	wg.Wait()
+	for i := range n {
+		wg.Go(func() {
+			for j := i; j < len(out); j += n {
+				if c := out[j].w.conn; c != nil {
+					c.Close()
+				}
 			}
 		})
 	}
@@ -237,11 +263,12 @@ func (s *Server) deliverAll(out []delivery) {
 
 // sweep answers waiters whose timeout passed and, when checkConns is set,
 // drops hijacked waiters whose client has gone away (Go clients abandon
-// long-polls after their own timeout; they must not pile up).
+// long-polls after their own timeout; they must not pile up). The peeks at
+// connections happen outside the hub's lock.
 func (s *Server) sweep(now time.Time, checkConns bool) {
 	snap := s.snap.Load()
 	var out []delivery
-	var dead []*watcher
+	var parked []*watcher
 	s.hub.mu.Lock()
 	for _, g := range s.hub.groups {
 		var resp *response
@@ -256,17 +283,35 @@ func (s *Server) sweep(now time.Time, checkConns bool) {
 				out = append(out, delivery{w, v, resp})
 				continue
 			}
-			if checkConns && w.conn != nil && peerClosed(w.conn) {
-				s.unparkLocked(w)
-				dead = append(dead, w)
+			if checkConns && w.conn != nil {
+				parked = append(parked, w)
 			}
 		}
 	}
 	s.hub.mu.Unlock()
-	for _, w := range dead {
-		w.conn.Close()
-	}
 	s.deliverAll(out)
+
+	var dead []*watcher
+	for _, w := range parked {
+		if peerClosed(w.conn) {
+			dead = append(dead, w)
+		}
+	}
+	if len(dead) == 0 {
+		return
+	}
+	s.hub.mu.Lock()
+	for i, w := range dead {
+		if !s.unparkLocked(w) {
+			dead[i] = nil // answered meanwhile; its deliverer closes it
+		}
+	}
+	s.hub.mu.Unlock()
+	for _, w := range dead {
+		if w != nil {
+			w.conn.Close()
+		}
+	}
 }
 
 // closeAll answers every waiter with the current value, at shutdown.

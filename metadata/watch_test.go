@@ -570,7 +570,7 @@ func TestReloadTrigger(t *testing.T) {
 	ts, path := reloadSetup(t, metadata.Config{})
 	c := client(t, hostAddr)
 	trigger := make(chan struct{})
-	runReloader(t, &metadata.Reloader{Path: path, Server: ts.srv, Trigger: trigger, Interval: time.Hour})
+	runReloader(t, &metadata.Reloader{Path: path, Server: ts.srv, Trigger: trigger, Interval: time.Hour, Loaded: sampleWith(t, "", "")})
 	trigger <- struct{}{} // received once Run has read the file
 	writeFile(t, path, moved(t))
 	trigger <- struct{}{}
@@ -585,7 +585,7 @@ func TestReloadRun(t *testing.T) {
 	ts, path := reloadSetup(t, metadata.Config{})
 	c := client(t, hostAddr)
 	trigger := make(chan struct{})
-	runReloader(t, &metadata.Reloader{Path: path, Server: ts.srv, Trigger: trigger, Interval: 5 * time.Millisecond})
+	runReloader(t, &metadata.Reloader{Path: path, Server: ts.srv, Trigger: trigger, Interval: 5 * time.Millisecond, Loaded: sampleWith(t, "", "")})
 	trigger <- struct{}{} // received once Run has read the file
 
 	writeFile(t, path, badValid(t))
@@ -623,7 +623,7 @@ func TestReloadFileChange(t *testing.T) {
 	// The Reloader's ticker runs on a fake clock so that the test knows
 	// when Run has taken its first look at the file.
 	fake := clock.NewFake(time.Now())
-	runReloader(t, &metadata.Reloader{Path: path, Server: ts.srv, Interval: 10 * time.Millisecond, Clock: fake})
+	runReloader(t, &metadata.Reloader{Path: path, Server: ts.srv, Interval: 10 * time.Millisecond, Clock: fake, Loaded: sampleWith(t, "", "")})
 	require.True(t, fake.WaitForWaiters(1, 5*time.Second))
 	tick := func() { fake.Advance(10 * time.Millisecond) }
 
@@ -669,7 +669,7 @@ func TestReloadTriggerAfterEarlyEdit(t *testing.T) {
 	c := client(t, hostAddr)
 	writeFile(t, path, moved(t))
 	trigger := make(chan struct{})
-	runReloader(t, &metadata.Reloader{Path: path, Server: ts.srv, Trigger: trigger, Interval: time.Hour})
+	runReloader(t, &metadata.Reloader{Path: path, Server: ts.srv, Trigger: trigger, Interval: time.Hour, Loaded: sampleWith(t, "", "")})
 	trigger <- struct{}{}
 	require.Eventually(t, func() bool {
 		return ts.metric(t, "nodetrust_metadata_reloads_total") >= 1

@@ -49,9 +49,13 @@ func runMetadata(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	data, err := metadata.LoadFile(*dataPath)
+	raw, err := os.ReadFile(*dataPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("--data: %w", err)
+	}
+	data, err := metadata.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *dataPath, err)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -99,7 +103,7 @@ func runMetadata(ctx context.Context, env *cmdEnv, args []string) error {
 			}
 		}
 	})
-	rl := &metadata.Reloader{Path: *dataPath, Server: srv, Logger: log, Trigger: trigger}
+	rl := &metadata.Reloader{Path: *dataPath, Server: srv, Logger: log, Trigger: trigger, Loaded: raw}
 	wg.Go(func() { errc <- rl.Run(ctx) })
 	if mln != nil {
 		ms := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
