@@ -32,6 +32,7 @@ fuzz:
 # docs/performance.md by hand, with the command that produced them.
 bench: build
 	$(GO) run ./test/bench/metadatabench -bin $(BIN)
+	$(GO) run ./test/bench/controlplanebench
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
