@@ -51,4 +51,3 @@ func TestWriteNamesPathOnError(t *testing.T) {
 		t.Fatalf("error %v does not name %s", err, p)
 	}
 }
-
