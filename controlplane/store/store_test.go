@@ -177,3 +177,48 @@ func TestCompactionKeepsData(t *testing.T) {
 		t.Fatalf("got %d objects at rv %d, want 1 at 901", len(l), rv)
 	}
 }
+
+// TestWatchFromEveryVersion starts a watch at every resource version the
+// history still holds, after the ring has wrapped, and checks each gets
+// exactly the later events of its object or kind.
+func TestWatchFromEveryVersion(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{History: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := range 13 { // rv 1..13; the ring keeps 6..13
+		s.Create("csr", fmt.Sprint("n", i%2, "-", i), val("v"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for from := uint64(5); from <= 13; from++ {
+		for _, name := range []string{"", "n1-11"} {
+			w, err := s.Watch("csr", name, from)
+			if err != nil {
+				t.Fatalf("Watch(%q, %d) = %v", name, from, err)
+			}
+			var want []uint64
+			for rv := from + 1; rv <= 13; rv++ {
+				if name == "" || rv == 12 {
+					want = append(want, rv)
+				}
+			}
+			var got []uint64
+			for range want {
+				ev, err := w.Next(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, ev.RV)
+			}
+			w.Stop()
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("Watch(%q, %d) events at %v, want %v", name, from, got, want)
+			}
+		}
+	}
+	if _, err := s.Watch("csr", "", 4); !errors.Is(err, ErrGone) {
+		t.Errorf("Watch from 4 = %v, want ErrGone", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 )
 
@@ -35,9 +36,12 @@ func (s *Store) Watch(kind, name string, from uint64) (*Watch, error) {
 		return nil, fmt.Errorf("watch %s from %d: %w", kind, from, ErrGone)
 	}
 	n := len(s.history)
-	for i := 0; i < s.histLen; i++ {
+	// The ring holds events in resource-version order: find the first one
+	// after from instead of walking the whole history for every watch.
+	first := sort.Search(s.histLen, func(i int) bool { return s.history[(s.histPos+i)%n].RV > from })
+	for i := first; i < s.histLen; i++ {
 		ev := s.history[(s.histPos+i)%n]
-		if ev.RV > from && w.matches(ev) {
+		if w.matches(ev) {
 			w.queue = append(w.queue, ev)
 		}
 	}

@@ -44,34 +44,67 @@ func main() {
 	rawFor := flag.Duration("raw", 3*time.Second, "how long to measure raw signing")
 	flag.IntVar(&workers, "workers", 0, "approver workers (0: the server default)")
 	verbose := flag.Bool("v", false, "log the control plane's warnings and errors to stderr")
-	prof := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.StringVar(&profPath, "cpuprofile", "", "write CPU profiles of the timed windows to FILE (throughput) and FILE.storm; samples carry the label side=api|signer|client")
 	flag.Parse()
 	if *verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	if *prof != "" {
-		f, err := os.Create(*prof)
-		if err == nil {
-			pprof.StartCPUProfile(f)
-			defer pprof.StopCPUProfile()
-		}
-	}
 	if err := run(*clients, *total, *storm, *conns, *rawFor); err != nil {
 		fmt.Fprintln(os.Stderr, "controlplanebench:", err)
-		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
 
 var (
-	workers int
-	logger  *slog.Logger
+	workers  int
+	logger   *slog.Logger
+	profPath string
 )
+
+// startProfile starts a CPU profile into path when profiling was asked
+// for, and returns the function that stops it.
+func startProfile(path string) func() {
+	if profPath == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "controlplanebench:", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(os.Stderr, "controlplanebench:", err)
+		f.Close()
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+// side runs fn with the pprof label side=name, which every goroutine it
+// starts inherits, so that profiles split into API, signer and clients.
+func side(name string, fn func()) {
+	pprof.Do(context.Background(), pprof.Labels("side", name), func(context.Context) { fn() })
+}
+
+// countingListener counts accepted connections (each a TLS handshake).
+type countingListener struct {
+	net.Listener
+	n atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
 
 type bench struct {
 	addr  string
 	caPEM []byte
 	token string
+	ln    *countingListener
 }
 
 func run(clients, total, storm, conns int, rawFor time.Duration) error {
@@ -100,10 +133,13 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	for i := range cs {
 		cs[i] = b.clientset(i % 8)
 	}
+	accepted := b.ln.n.Load()
+	stopProf := startProfile(profPath)
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	for i := range clients {
 		wg.Go(func() {
+			pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "client")))
 			for {
 				n := int(next.Add(1)) - 1
 				if n >= total {
@@ -118,8 +154,9 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	}
 	wg.Wait()
 	el := time.Since(t0)
+	stopProf()
 	rate := float64(total-int(fails.Load())) / el.Seconds()
-	fmt.Printf("end to end with %d concurrent clients: %d CSRs in %v = %.0f CSRs/s issued (%d failures)\n", clients, total, el.Round(time.Millisecond), rate, fails.Load())
+	fmt.Printf("end to end with %d concurrent clients: %d CSRs in %v = %.0f CSRs/s issued (%d failures, %d API connections opened)\n", clients, total, el.Round(time.Millisecond), rate, fails.Load(), b.ln.n.Load()-accepted)
 	fmt.Printf("ratio end-to-end / raw signing: %.3f (%.1f%%)\n", rate/raw, 100*rate/raw)
 	if firstErr != nil {
 		fmt.Printf("first failure: %v\n", firstErr)
@@ -133,9 +170,12 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	for i := range scs {
 		scs[i] = b.clientset(100 + i)
 	}
+	accepted = b.ln.n.Load()
+	stopProf = startProfile(profPath + ".storm")
 	t0 = time.Now()
 	for i := range storm {
 		wg.Go(func() {
+			pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "client")))
 			if err := issue(scs[i%conns], fmt.Sprintf("storm-node-%d", i), reqs[total+i]); err != nil {
 				fails.Add(1)
 				errOnce.Do(func() { firstErr = err })
@@ -144,7 +184,8 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	}
 	wg.Wait()
 	el = time.Since(t0)
-	fmt.Printf("bootstrap storm: %d nodes at once over %d connections: done in %v (%.0f CSRs/s), %d failures\n", storm, conns, el.Round(time.Millisecond), float64(storm)/el.Seconds(), fails.Load())
+	stopProf()
+	fmt.Printf("bootstrap storm: %d nodes at once over %d connections: done in %v (%.0f CSRs/s), %d failures, %d API connections opened\n", storm, conns, el.Round(time.Millisecond), float64(storm)/el.Seconds(), fails.Load(), b.ln.n.Load()-accepted)
 	if firstErr != nil {
 		fmt.Printf("first failure: %v\n", firstErr)
 		return errors.New("storm had failures")
@@ -204,10 +245,11 @@ func start() (*bench, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
 	}
+	ln := &countingListener{Listener: tcp}
 	addr := ln.Addr().String()
 	if err := controlplane.Init(controlplane.InitOptions{DataDir: dir, Server: "https://" + addr}); err != nil {
 		return nil, nil, err
@@ -215,9 +257,11 @@ func start() (*bench, func(), error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := controlplane.RunSigner(ctx, controlplane.SignerConfig{DataDir: dir}); err != nil {
-			fmt.Fprintln(os.Stderr, "signer:", err)
-		}
+		side("signer", func() {
+			if err := controlplane.RunSigner(ctx, controlplane.SignerConfig{DataDir: dir}); err != nil {
+				fmt.Fprintln(os.Stderr, "signer:", err)
+			}
+		})
 	})
 	for i := 0; i < 500; i++ {
 		if _, err := os.Stat(controlplane.Paths{DataDir: dir}.SignerSocket()); err == nil {
@@ -236,9 +280,11 @@ func start() (*bench, func(), error) {
 		return nil, nil, err
 	}
 	wg.Go(func() {
-		if err := srv.Run(ctx, ln); err != nil {
-			fmt.Fprintln(os.Stderr, "server:", err)
-		}
+		side("api", func() {
+			if err := srv.Run(ctx, ln); err != nil {
+				fmt.Fprintln(os.Stderr, "server:", err)
+			}
+		})
 	})
 	caPEM, _ := os.ReadFile(controlplane.Paths{DataDir: dir}.CACert())
 	stop := func() {
@@ -246,7 +292,7 @@ func start() (*bench, func(), error) {
 		wg.Wait()
 		os.RemoveAll(dir)
 	}
-	return &bench{addr: addr, caPEM: caPEM, token: tok}, stop, nil
+	return &bench{addr: addr, caPEM: caPEM, token: tok, ln: ln}, stop, nil
 }
 
 // clientset returns a client-go clientset; different conn values get
