@@ -86,6 +86,10 @@ func Issue(spec LeafSpec, pub crypto.PublicKey, ca *x509.Certificate, caKey cryp
 	if err != nil {
 		return nil, err
 	}
+	return issue(spec, pub, ca, caKey, serial)
+}
+
+func issue(spec LeafSpec, pub crypto.PublicKey, ca *x509.Certificate, caKey crypto.Signer, serial *big.Int) (*x509.Certificate, error) {
 	notAfter := spec.NotAfter
 	if notAfter.After(ca.NotAfter) {
 		notAfter = ca.NotAfter
@@ -101,13 +105,18 @@ func Issue(spec LeafSpec, pub crypto.PublicKey, ca *x509.Certificate, caKey cryp
 		ExtKeyUsage:           spec.ExtKeyUsage,
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
+	var der []byte
+	var err error
+	if k, ok := caKey.(*ecdsa.PrivateKey); ok && k.Curve == elliptic.P256() {
+		der, err = createP256(tmpl, ca, pub, k)
+	} else {
+		der, err = x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate for %q: %w", spec.CommonName, err)
 	}
 	return x509.ParseCertificate(der)
 }
-
 // EncodeCert returns cert as a PEM CERTIFICATE block.
 func EncodeCert(cert *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
