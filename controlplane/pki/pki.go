@@ -117,6 +117,7 @@ func issue(spec LeafSpec, pub crypto.PublicKey, ca *x509.Certificate, caKey cryp
 	}
 	return x509.ParseCertificate(der)
 }
+
 // EncodeCert returns cert as a PEM CERTIFICATE block.
 func EncodeCert(cert *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
