@@ -127,6 +127,12 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, apierrors.NewInternalError(err))
 		return
 	}
+	if wantsProtobuf(r) {
+		if pb, err := marshalProtobufCSR(c); err == nil {
+			writeBody(w, http.StatusCreated, protobufType, pb)
+			return
+		}
+	}
 	writeRaw(w, http.StatusCreated, data)
 }
 

@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -106,9 +107,71 @@ func (s *Server) watchLegacy(w http.ResponseWriter, r *http.Request) {
 	s.watch(w, r, r.PathValue("name"))
 }
 
-type watchEvent struct {
-	Type   string          `json:"type"`
-	Object json.RawMessage `json:"object"`
+// eventWriter writes watch events as JSON lines or, when the client
+// prefers it, as a protobuf watch stream.
+type eventWriter struct {
+	w        http.ResponseWriter
+	protobuf bool
+	buf      []byte
+}
+
+// object writes an event about c; data, when not nil, is c's stored JSON.
+func (e *eventWriter) object(typ string, c *certv1.CertificateSigningRequest, data []byte) error {
+	var err error
+	if e.protobuf {
+		var pb []byte
+		if pb, err = marshalProtobufCSR(c); err == nil {
+			e.buf, err = appendProtobufWatchEvent(e.buf[:0], typ, pb)
+		}
+	} else {
+		if data == nil {
+			if data, err = json.Marshal(c); err != nil {
+				return err
+			}
+		}
+		e.buf, err = appendJSONWatchEvent(e.buf[:0], typ, data)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = e.w.Write(e.buf)
+	return err
+}
+
+// status writes an ERROR event holding st.
+func (e *eventWriter) status(st *metav1.Status) error {
+	var err error
+	if e.protobuf {
+		var pb []byte
+		if pb, err = protobufStatus(st); err == nil {
+			e.buf, err = appendProtobufWatchEvent(e.buf[:0], "ERROR", pb)
+		}
+	} else {
+		var b []byte
+		if b, err = json.Marshal(st); err == nil {
+			e.buf, err = appendJSONWatchEvent(e.buf[:0], "ERROR", b)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	_, err = e.w.Write(e.buf)
+	return err
+}
+
+// appendJSONWatchEvent appends {"type":typ,"object":obj} and a newline;
+// obj is JSON this server encoded (stored objects are), so it is copied
+// as it is rather than compacted and validated again.
+func appendJSONWatchEvent(b []byte, typ string, obj []byte) ([]byte, error) {
+	t, err := json.Marshal(typ)
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, `{"type":`...)
+	b = append(b, t...)
+	b = append(b, `,"object":`...)
+	b = append(b, bytes.TrimSpace(obj)...)
+	return append(b, "}\n"...), nil
 }
 
 // watch streams events as kube-apiserver does: one JSON object per line.
@@ -152,34 +215,37 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, pathName string) 
 	if ts, e := strconv.Atoi(q.Get("timeoutSeconds")); e == nil && ts > 0 {
 		timeout = time.Duration(ts) * time.Second
 	}
-	w.Header().Set("Content-Type", "application/json")
+	ew := &eventWriter{w: w, protobuf: wantsProtobuf(r)}
+	if ew.protobuf {
+		w.Header().Set("Content-Type", protobufWatchType)
+	} else {
+		w.Header().Set("Content-Type", "application/json")
+	}
 	w.Header().Set("Cache-Control", "no-cache, private")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	enc := json.NewEncoder(w)
 	if err != nil {
 		st := apierrors.NewResourceExpired(fmt.Sprintf("too old resource version: %d", from)).Status()
 		st.TypeMeta = metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}
-		b, _ := json.Marshal(&st)
-		enc.Encode(watchEvent{Type: "ERROR", Object: b})
+		ew.status(&st)
 		rc.Flush()
 		return
 	}
 	defer sw.Stop()
 	for _, o := range snapshot {
-		if _, ok := f.match(o); ok {
-			enc.Encode(watchEvent{Type: string(store.Added), Object: o.Data})
+		if c, ok := f.match(o); ok {
+			ew.object(string(store.Added), c, o.Data)
 		}
 	}
 	if initial {
-		b, _ := json.Marshal(&certv1.CertificateSigningRequest{
+		bm := &certv1.CertificateSigningRequest{
 			TypeMeta: metav1.TypeMeta{Kind: csrs.KindName, APIVersion: csrs.APIVersion},
 			ObjectMeta: metav1.ObjectMeta{
 				ResourceVersion: strconv.FormatUint(from, 10),
 				Annotations:     map[string]string{metav1.InitialEventsAnnotationKey: "true"},
 			},
-		})
-		enc.Encode(watchEvent{Type: "BOOKMARK", Object: b})
+		}
+		ew.object("BOOKMARK", bm, nil)
 	}
 	rc.Flush()
 
@@ -209,9 +275,9 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, pathName string) 
 		data := ev.Data
 		if ev.Type == store.Deleted {
 			c.ResourceVersion = strconv.FormatUint(ev.RV, 10)
-			data, _ = json.Marshal(c)
+			data = nil
 		}
-		if err := enc.Encode(watchEvent{Type: string(ev.Type), Object: data}); err != nil {
+		if err := ew.object(string(ev.Type), c, data); err != nil {
 			return
 		}
 		// Flush only when nothing else is queued, so bursts share a write.

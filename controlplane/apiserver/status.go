@@ -40,7 +40,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeRaw(w http.ResponseWriter, code int, b []byte) {
-	w.Header().Set("Content-Type", "application/json")
+	writeBody(w, code, "application/json", b)
+}
+
+func writeBody(w http.ResponseWriter, code int, contentType string, b []byte) {
+	w.Header().Set("Content-Type", contentType)
 	w.Header().Set("Cache-Control", "no-cache, private")
 	w.WriteHeader(code)
 	w.Write(b)

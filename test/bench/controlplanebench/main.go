@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -20,6 +21,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -135,6 +138,7 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	}
 	accepted := b.ln.n.Load()
 	stopProf := startProfile(profPath)
+	cpu0 := readCPU()
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	for i := range clients {
@@ -154,9 +158,11 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	}
 	wg.Wait()
 	el := time.Since(t0)
+	cpu := readCPU().since(cpu0, el)
 	stopProf()
 	rate := float64(total-int(fails.Load())) / el.Seconds()
 	fmt.Printf("end to end with %d concurrent clients: %d CSRs in %v = %.0f CSRs/s issued (%d failures, %d API connections opened)\n", clients, total, el.Round(time.Millisecond), rate, fails.Load(), b.ln.n.Load()-accepted)
+	fmt.Printf("  CPUs used meanwhile: this process %.2f (%.2f ms per CSR), other processes %.2f\n", cpu.self, 1000*cpu.self*el.Seconds()/float64(total), cpu.other)
 	fmt.Printf("ratio end-to-end / raw signing: %.3f (%.1f%%)\n", rate/raw, 100*rate/raw)
 	if firstErr != nil {
 		fmt.Printf("first failure: %v\n", firstErr)
@@ -172,6 +178,7 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	}
 	accepted = b.ln.n.Load()
 	stopProf = startProfile(profPath + ".storm")
+	cpu0 = readCPU()
 	t0 = time.Now()
 	for i := range storm {
 		wg.Go(func() {
@@ -184,13 +191,55 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	}
 	wg.Wait()
 	el = time.Since(t0)
+	cpu = readCPU().since(cpu0, el)
 	stopProf()
 	fmt.Printf("bootstrap storm: %d nodes at once over %d connections: done in %v (%.0f CSRs/s), %d failures, %d API connections opened\n", storm, conns, el.Round(time.Millisecond), float64(storm)/el.Seconds(), fails.Load(), b.ln.n.Load()-accepted)
+	fmt.Printf("  CPUs used meanwhile: this process %.2f, other processes %.2f\n", cpu.self, cpu.other)
 	if firstErr != nil {
 		fmt.Printf("first failure: %v\n", firstErr)
 		return errors.New("storm had failures")
 	}
 	return nil
+}
+
+// cpuTimes are CPU seconds used so far by this process and by the whole
+// machine, from /proc (zero where it cannot be read).
+type cpuTimes struct{ self, all float64 }
+
+// cpuUse is CPUs used over a window: by this process, by everything else.
+type cpuUse struct{ self, other float64 }
+
+func readCPU() cpuTimes {
+	const tick = 100.0 // USER_HZ
+	var t cpuTimes
+	if b, err := os.ReadFile("/proc/self/stat"); err == nil {
+		// Fields after the command's closing parenthesis; utime and stime
+		// are the 14th and 15th fields of the line.
+		if i := bytes.LastIndexByte(b, ')'); i > 0 {
+			f := strings.Fields(string(b[i+1:]))
+			if len(f) > 12 {
+				u, _ := strconv.ParseFloat(f[11], 64)
+				s, _ := strconv.ParseFloat(f[12], 64)
+				t.self = (u + s) / tick
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		line, _, _ := strings.Cut(string(b), "\n")
+		f := strings.Fields(line)
+		for i, v := range f[1:] {
+			n, _ := strconv.ParseFloat(v, 64)
+			if i != 3 && i != 4 && i < 8 { // all but idle and iowait; guest time is in user
+				t.all += n / tick
+			}
+		}
+	}
+	return t
+}
+
+func (t cpuTimes) since(t0 cpuTimes, el time.Duration) cpuUse {
+	self := (t.self - t0.self) / el.Seconds()
+	return cpuUse{self: self, other: max(0, (t.all-t0.all)/el.Seconds()-self)}
 }
 
 // rawSignRate signs SHA-256 digests with one P-256 key per core for d.
