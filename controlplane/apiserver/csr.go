@@ -240,7 +240,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !u.admin() {
-		c, err := csrs.Decode(o)
+		c, err := csrs.View(o)
 		if err != nil {
 			writeStatus(w, apierrors.NewInternalError(err))
 			return

@@ -59,7 +59,7 @@ func (f *filter) match(o store.Object) (*certv1.CertificateSigningRequest, bool)
 	if f.name != "" && o.Name != f.name {
 		return nil, false
 	}
-	c, err := csrs.Decode(o)
+	c, err := csrs.View(o)
 	if err != nil {
 		return nil, false
 	}
@@ -274,6 +274,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, pathName string) 
 		}
 		data := ev.Data
 		if ev.Type == store.Deleted {
+			c = c.DeepCopy()
 			c.ResourceVersion = strconv.FormatUint(ev.RV, 10)
 			data = nil
 		}

@@ -56,7 +56,7 @@ func (c *Controller) Collect(now time.Time) (int, error) {
 	objs, _ := c.Store.List(csrs.Kind)
 	n := 0
 	for _, o := range objs {
-		csr, err := csrs.Decode(o)
+		csr, err := csrs.View(o)
 		if err != nil {
 			c.Logger.Error("undecodable request in store", "csr", o.Name, "err", err)
 			continue

@@ -43,6 +43,10 @@ type Object struct {
 	Name string
 	Data []byte // never modified after it is stored
 	RV   uint64
+	// Value is what the writer said Data decodes to (see CreateValue), so
+	// that readers need not decode it again; nil when the writer gave
+	// none, and after a restart. It is shared: never modify it.
+	Value any
 }
 
 // Event is one change.
@@ -194,9 +198,18 @@ func (s *Store) List(kind string) ([]Object, uint64) {
 // Create stores a new object. build gets the resource version the object
 // will have, so that it can embed it.
 func (s *Store) Create(kind, name string, build func(rv uint64) ([]byte, error)) (Object, error) {
-	return s.change(kind, name, func(_ Object, exists bool, rv uint64) ([]byte, error) {
+	return s.CreateValue(kind, name, func(rv uint64) ([]byte, any, error) {
+		b, err := build(rv)
+		return b, nil, err
+	})
+}
+
+// CreateValue is Create for a build that also returns the decoded form of
+// its data, kept as the object's Value.
+func (s *Store) CreateValue(kind, name string, build func(rv uint64) ([]byte, any, error)) (Object, error) {
+	return s.change(kind, name, func(_ Object, exists bool, rv uint64) ([]byte, any, error) {
 		if exists {
-			return nil, fmt.Errorf("%s %q: %w", kind, name, ErrExists)
+			return nil, nil, fmt.Errorf("%s %q: %w", kind, name, ErrExists)
 		}
 		return build(rv)
 	})
@@ -206,9 +219,18 @@ func (s *Store) Create(kind, name string, build func(rv uint64) ([]byte, error))
 // one. fn runs under the store's lock and must be quick; an error from it
 // is returned and nothing is stored.
 func (s *Store) Update(kind, name string, fn func(cur Object, rv uint64) ([]byte, error)) (Object, error) {
-	return s.change(kind, name, func(cur Object, exists bool, rv uint64) ([]byte, error) {
+	return s.UpdateValue(kind, name, func(cur Object, rv uint64) ([]byte, any, error) {
+		b, err := fn(cur, rv)
+		return b, nil, err
+	})
+}
+
+// UpdateValue is Update for an fn that also returns the decoded form of
+// its data, kept as the object's Value.
+func (s *Store) UpdateValue(kind, name string, fn func(cur Object, rv uint64) ([]byte, any, error)) (Object, error) {
+	return s.change(kind, name, func(cur Object, exists bool, rv uint64) ([]byte, any, error) {
 		if !exists {
-			return nil, fmt.Errorf("%s %q: %w", kind, name, ErrNotFound)
+			return nil, nil, fmt.Errorf("%s %q: %w", kind, name, ErrNotFound)
 		}
 		return fn(cur, rv)
 	})
@@ -236,20 +258,20 @@ func (s *Store) Delete(kind, name string, check func(cur Object) error) (Object,
 	s.rv++
 	rec := record{Op: opDelete, Kind: kind, Name: name, RV: s.rv}
 	s.applyLocked(rec)
-	last := Object{Name: name, Data: cur.Data, RV: s.rv}
+	last := Object{Name: name, Data: cur.Data, RV: s.rv, Value: cur.Value}
 	ch := s.enqueueLocked(rec, Event{Type: Deleted, Kind: kind, Object: last})
 	s.mu.Unlock()
 	return last, s.wait(ch)
 }
 
-func (s *Store) change(kind, name string, fn func(cur Object, exists bool, rv uint64) ([]byte, error)) (Object, error) {
+func (s *Store) change(kind, name string, fn func(cur Object, exists bool, rv uint64) ([]byte, any, error)) (Object, error) {
 	s.mu.Lock()
 	if err := s.usableLocked(); err != nil {
 		s.mu.Unlock()
 		return Object{}, err
 	}
 	cur, exists := s.objs[kind][name]
-	data, err := fn(cur, exists, s.rv+1)
+	data, value, err := fn(cur, exists, s.rv+1)
 	if err != nil {
 		s.mu.Unlock()
 		return Object{}, err
@@ -257,11 +279,14 @@ func (s *Store) change(kind, name string, fn func(cur Object, exists bool, rv ui
 	s.rv++
 	rec := record{Op: opPut, Kind: kind, Name: name, RV: s.rv, Data: data}
 	s.applyLocked(rec)
+	o := Object{Name: name, Data: data, RV: s.rv, Value: value}
+	if value != nil {
+		s.objs[kind][name] = o
+	}
 	typ := Added
 	if exists {
 		typ = Modified
 	}
-	o := Object{Name: name, Data: data, RV: s.rv}
 	ch := s.enqueueLocked(rec, Event{Type: typ, Kind: kind, Object: o})
 	s.mu.Unlock()
 	return o, s.wait(ch)
