@@ -43,9 +43,8 @@ const (
 	Wait Action = iota
 	// Renew: renew, authenticated by the current certificate.
 	Renew
-	// Bootstrap: there is no usable certificate (none, corrupt, expired,
-	// or not valid yet beyond the leeway); start over from the bootstrap
-	// secret in metadata.
+	// Bootstrap: there is no usable certificate (none, corrupt or
+	// expired); start over from the bootstrap secret in metadata.
 	Bootstrap
 )
 
@@ -60,19 +59,29 @@ func (a Action) String() string {
 }
 
 // Decide says what to do with cert (nil: none or unusable) at now, given
-// its planned renewal time.
+// its planned renewal time. A certificate that is not valid yet by the
+// local clock is kept (Wait): the servers judge it by theirs, and a new
+// one would look the same; ClockBehind tells the operator.
 func Decide(now time.Time, cert *x509.Certificate, renewAt time.Time) Action {
 	switch {
 	case cert == nil:
 		return Bootstrap
 	case !now.Before(cert.NotAfter):
 		return Bootstrap
-	case now.Add(skewLeeway).Before(cert.NotBefore):
-		return Bootstrap
 	case !now.Before(renewAt):
 		return Renew
 	}
 	return Wait
+}
+
+// ClockBehind returns how far the local clock is behind a certificate's
+// NotBefore beyond the skew leeway signers allow for, or 0. A non-zero
+// value means this node's clock is wrong.
+func ClockBehind(now time.Time, cert *x509.Certificate) time.Duration {
+	if cert == nil || !now.Add(skewLeeway).Before(cert.NotBefore) {
+		return 0
+	}
+	return cert.NotBefore.Sub(now)
 }
 
 // Healthy reports whether a credential is healthy at now: it exists and

@@ -64,7 +64,7 @@ func TestDecide(t *testing.T) {
 		{"expired: node was off", t0.Add(11 * day), c, Bootstrap},
 		{"exactly at NotAfter", c.NotAfter, c, Bootstrap},
 		{"clock a little behind NotBefore", t0.Add(-4 * time.Minute), c, Wait},
-		{"clock far behind NotBefore", t0.Add(-time.Hour), c, Bootstrap},
+		{"clock far behind NotBefore: keep it, warn", t0.Add(-time.Hour), c, Wait},
 		{"clock jumped forward past expiry", t0.Add(400 * day), c, Bootstrap},
 	}
 	for _, tt := range tests {
@@ -97,5 +97,50 @@ func TestHealthyGoesBadBeforeExpiry(t *testing.T) {
 	}
 	if Healthy(t0, nil) {
 		t.Fatal("no certificate reported healthy")
+	}
+}
+
+func TestClockBehind(t *testing.T) {
+	c := cert(t0, time.Hour)
+	if d := ClockBehind(t0.Add(-4*time.Minute), c); d != 0 {
+		t.Fatalf("within leeway: %v", d)
+	}
+	if d := ClockBehind(t0.Add(-time.Hour), c); d != time.Hour {
+		t.Fatalf("an hour behind: %v", d)
+	}
+	if ClockBehind(t0, nil) != 0 {
+		t.Fatal("nil certificate")
+	}
+}
+
+func TestBackoffDelayCappedAndJittered(t *testing.T) {
+	tests := []struct {
+		n    int
+		r    float64
+		want time.Duration
+	}{
+		{1, 1, time.Second},
+		{1, 0, 500 * time.Millisecond},
+		{2, 1, 2 * time.Second},
+		{5, 1, 16 * time.Second},
+		{8, 1, 2 * time.Minute},
+		{100, 1, 2 * time.Minute},
+		{100, 0, time.Minute},
+		{0, 1, time.Second},
+	}
+	for _, tt := range tests {
+		if got := BackoffDelay(tt.n, tt.r); got != tt.want {
+			t.Errorf("BackoffDelay(%d, %v) = %v, want %v", tt.n, tt.r, got, tt.want)
+		}
+	}
+	// An hour of failures costs at most about 60 attempts, never a loop.
+	var total time.Duration
+	n := 0
+	for total < time.Hour {
+		n++
+		total += BackoffDelay(n, 0)
+	}
+	if n > 70 {
+		t.Fatalf("%d attempts in an hour", n)
 	}
 }

@@ -33,6 +33,15 @@ type cmdEnv struct {
 // errUsage marks an error in the command line; main exits 2 for it.
 var errUsage = errors.New("usage error")
 
+// exitError carries a specific exit code for an error.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
 var commands = map[string]*command{}
 
 func register(c *command) { commands[c.name] = c }
@@ -57,7 +66,11 @@ func runMain(ctx context.Context, env *cmdEnv, args []string) int {
 		return 2
 	}
 	err := c.run(ctx, env, args[1:])
+	var ee *exitError
 	switch {
+	case errors.As(err, &ee):
+		fmt.Fprintf(env.stderr, "nodetrust %s: %v\n", c.name, err)
+		return ee.code
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):

@@ -1,0 +1,128 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nodetrust/nodetrust/internal/atomicfile"
+)
+
+// StatusFile is the name of the status file in the state folder; `nodetrust
+// status` reads it.
+const StatusFile = "status.json"
+
+// Status is what the agent reports about itself; it holds no secret.
+type Status struct {
+	Node        string             `json:"node"`
+	Server      string             `json:"server"`
+	Updated     time.Time          `json:"updated"`
+	Healthy     bool               `json:"healthy"`
+	Credentials []CredentialStatus `json:"credentials"`
+}
+
+// CredentialStatus describes one credential.
+type CredentialStatus struct {
+	Name         string    `json:"name"` // "client" or "serving"
+	State        string    `json:"state"`
+	Subject      string    `json:"subject,omitempty"`
+	Issuer       string    `json:"issuer,omitempty"`
+	Serial       string    `json:"serial,omitempty"`
+	DNSNames     []string  `json:"dnsNames,omitempty"`
+	IPs          []string  `json:"ips,omitempty"`
+	NotBefore    time.Time `json:"notBefore,omitzero"`
+	NotAfter     time.Time `json:"notAfter,omitzero"`
+	NextRotation time.Time `json:"nextRotation,omitzero"`
+	Path         string    `json:"path,omitempty"`
+	Healthy      bool      `json:"healthy"`
+	LastSuccess  time.Time `json:"lastSuccess,omitzero"`
+	LastError    string    `json:"lastError,omitempty"`
+	LastErrorAt  time.Time `json:"lastErrorAt,omitzero"`
+	Failures     int       `json:"consecutiveFailures,omitempty"`
+	Rotations    int       `json:"rotations,omitempty"`
+}
+
+// WriteStatus writes s to path crash-safely.
+func WriteStatus(path string, s *Status) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, append(b, '\n'), 0o644)
+}
+
+// ReadStatus reads a status file.
+func ReadStatus(path string) (*Status, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read agent status: %w (is the agent running, and is --state-dir right?)", err)
+	}
+	var s Status
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("agent status %s: %w", path, err)
+	}
+	return &s, nil
+}
+
+// Describe writes s in words an operator understands.
+func (s *Status) Describe(w io.Writer, now time.Time) {
+	health := "healthy"
+	if !s.Healthy {
+		health = "UNHEALTHY"
+	}
+	fmt.Fprintf(w, "node %s: %s (API %s; status written %s ago)\n", s.Node, health, s.Server, ago(now, s.Updated))
+	for _, c := range s.Credentials {
+		fmt.Fprintf(w, "\n%s certificate: %s\n", c.Name, c.State)
+		if c.Subject != "" {
+			fmt.Fprintf(w, "  identity      %s\n", c.Subject)
+			fmt.Fprintf(w, "  issued by     %s (serial %s)\n", c.Issuer, c.Serial)
+			fmt.Fprintf(w, "  valid         %s to %s (%s)\n", c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339), left(now, c.NotAfter))
+		}
+		if len(c.DNSNames)+len(c.IPs) > 0 {
+			fmt.Fprintf(w, "  names         %s\n", strings.Join(append(append([]string{}, c.DNSNames...), c.IPs...), ", "))
+		}
+		if !c.NextRotation.IsZero() {
+			fmt.Fprintf(w, "  next rotation %s (in %s)\n", c.NextRotation.UTC().Format(time.RFC3339), round(c.NextRotation.Sub(now)))
+		}
+		if c.Path != "" {
+			fmt.Fprintf(w, "  file          %s\n", c.Path)
+		}
+		if !c.LastSuccess.IsZero() {
+			fmt.Fprintf(w, "  last renewed  %s ago (%d rotations since start)\n", ago(now, c.LastSuccess), c.Rotations)
+		}
+		if c.LastError != "" {
+			fmt.Fprintf(w, "  last error    %s ago, %d in a row: %s\n", ago(now, c.LastErrorAt), c.Failures, c.LastError)
+		} else {
+			fmt.Fprintf(w, "  last error    none\n")
+		}
+	}
+}
+
+func left(now, t time.Time) string {
+	if d := t.Sub(now); d > 0 {
+		return round(d) + " left"
+	}
+	return "EXPIRED " + round(now.Sub(t)) + " ago"
+}
+
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return round(now.Sub(t))
+}
+
+func round(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	case d >= time.Hour:
+		return d.Round(time.Minute).String()
+	}
+	return d.Round(time.Second).String()
+}
