@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/nodetrust/nodetrust/controlplane"
@@ -21,6 +20,15 @@ import (
 	"github.com/nodetrust/nodetrust/metadata"
 	"github.com/nodetrust/nodetrust/metadata/mdclient"
 )
+
+// T is the part of T the harness uses, so benchmark programs can
+// pass their own.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
 
 // Options configures an Env.
 type Options struct {
@@ -35,7 +43,7 @@ type Options struct {
 
 // Env is a running server side.
 type Env struct {
-	t        testing.TB
+	t        T
 	Dir      string
 	APIAddr  string
 	APIURL   string
@@ -53,17 +61,17 @@ type Env struct {
 }
 
 // HostAddr is the source address node i's own processes use towards the
-// metadata server.
-func HostAddr(i int) string { return fmt.Sprintf("127.0.10.%d", i+1) }
+// metadata server. Node 0 may also use 127.0.0.1.
+func HostAddr(i int) string { return fmt.Sprintf("127.%d.%d.%d", 10+i/(250*250), i/250%250, i%250+1) }
 
 // Start starts the server side; everything stops at the end of the test.
-func Start(t testing.TB, opt Options) *Env {
+func Start(t T, opt Options) *Env {
 	t.Helper()
 	if len(opt.Nodes) == 0 {
 		opt.Nodes = []string{"node-1"}
 	}
-	if len(opt.Nodes) > 250 {
-		t.Fatalf("harness: at most 250 nodes")
+	if len(opt.Nodes) > 250*250*10 {
+		t.Fatalf("harness: too many nodes")
 	}
 	if opt.Clock == nil {
 		opt.Clock = clock.NewFake(time.Now().Truncate(time.Second))
@@ -122,13 +130,17 @@ func (e *Env) MetadataData(token string) *metadata.Data {
 	d := &metadata.Data{Project: metadata.Project{ProjectID: "p", NumericProjectID: 1}}
 	ca := base64.StdEncoding.EncodeToString(e.CAPEM)
 	for i, n := range e.Nodes {
+		hosts := []string{HostAddr(i)}
+		if i == 0 {
+			hosts = append(hosts, "127.0.0.1")
+		}
 		d.Instances = append(d.Instances, metadata.Instance{
 			Name: n, Hostname: n, Zone: "z",
 			Attributes: map[string]string{
 				"nodetrust-bootstrap-token": token,
 				"kube-env":                  "CA_CERT: " + ca + "\nKUBELET_BOOTSTRAP_TOKEN: " + token + "\n",
 			},
-			HostAddresses: []string{HostAddr(i)},
+			HostAddresses: hosts,
 		})
 	}
 	return d
