@@ -2,7 +2,6 @@ package bootstrap
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -11,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/nodetrust/nodetrust/internal/pemkey"
 )
 
 // SPKIPin returns cert's public key pin, "sha256:" and the lowercase hex
@@ -144,11 +145,11 @@ func checkPair(certPEM, keyPEM []byte, certName, keyName string) (certOut, keyOu
 	if next, _ := pem.Decode(rest); next != nil {
 		return nil, nil, fmt.Errorf("%s: more than one PEM block", keyName)
 	}
-	key, err := parseKey(blk)
+	key, err := pemkey.Parse(blk)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", keyName, err)
 	}
-	if !publicKeysEqual(certs[0].PublicKey, key.Public()) {
+	if !pemkey.Matches(certs[0].PublicKey, key) {
 		return nil, nil, fmt.Errorf("%s does not match the public key of %s", keyName, certName)
 	}
 	var cb bytes.Buffer
@@ -156,36 +157,4 @@ func checkPair(certPEM, keyPEM []byte, certName, keyName string) (certOut, keyOu
 		pem.Encode(&cb, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	return cb.Bytes(), pem.EncodeToMemory(&pem.Block{Type: blk.Type, Bytes: blk.Bytes}), nil
-}
-
-// parseKey parses a private key block. Parser errors are replaced, since
-// some describe the bytes they choked on.
-func parseKey(blk *pem.Block) (crypto.Signer, error) {
-	var (
-		k   any
-		err error
-	)
-	switch blk.Type {
-	case "PRIVATE KEY":
-		k, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
-	case "EC PRIVATE KEY":
-		k, err = x509.ParseECPrivateKey(blk.Bytes)
-	case "RSA PRIVATE KEY":
-		k, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
-	default:
-		return nil, fmt.Errorf("PEM block is %s, want PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY", blk.Type)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s block does not parse", blk.Type)
-	}
-	s, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("%s block holds a %T, not a signing key", blk.Type, k)
-	}
-	return s, nil
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && ea.Equal(b)
 }

@@ -3,15 +3,14 @@ package certstore
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/nodetrust/nodetrust/internal/pemkey"
 )
 
 // parseStored parses a dated file: CERTIFICATE blocks, leaf first, then
@@ -126,36 +125,13 @@ func newPair(certs []*x509.Certificate, key crypto.Signer, keyBlk *pem.Block) (*
 	}, nil
 }
 
-// parseKey parses a private key block. Parser errors are not passed on,
-// since some describe the bytes they choked on.
+// parseKey parses a private key block; errors never quote the key.
 func parseKey(blk *pem.Block) (crypto.Signer, error) {
-	var (
-		k   any
-		err error
-	)
-	switch blk.Type {
-	case "PRIVATE KEY":
-		k, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
-	case "EC PRIVATE KEY":
-		k, err = x509.ParseECPrivateKey(blk.Bytes)
-	case "RSA PRIVATE KEY":
-		k, err = x509.ParsePKCS1PrivateKey(blk.Bytes)
-	default:
-		return nil, fmt.Errorf("key: PEM block is %s, want PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY", blk.Type)
-	}
+	k, err := pemkey.Parse(blk)
 	if err != nil {
-		return nil, fmt.Errorf("key: %s block does not parse", blk.Type)
+		return nil, fmt.Errorf("key: %w", err)
 	}
-	switch k := k.(type) {
-	case *ecdsa.PrivateKey:
-		return k, nil
-	case *rsa.PrivateKey:
-		return k, nil
-	case ed25519.PrivateKey:
-		return k, nil
-	default:
-		return nil, fmt.Errorf("key: unsupported key type %T", k)
-	}
+	return k, nil
 }
 
 // verifyChain checks that p's leaf chains to roots through p's other
