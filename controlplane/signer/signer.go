@@ -7,16 +7,12 @@
 package signer
 
 import (
-	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -31,21 +27,6 @@ import (
 // ErrRejected is wrapped by the client's error when the signer refused the
 // request on its merits (as opposed to being unreachable).
 var ErrRejected = errors.New("signer rejected the request")
-
-const signPath = "/v1/sign"
-
-const maxRequest = 1 << 20
-
-// SignRequest is the body of a sign call.
-type SignRequest struct {
-	CSR *certv1.CertificateSigningRequest `json:"csr"`
-}
-
-// SignResponse is the answer: a PEM certificate, or an error.
-type SignResponse struct {
-	Certificate []byte `json:"certificate,omitempty"`
-	Error       string `json:"error,omitempty"`
-}
 
 // Config configures a Server.
 type Config struct {
@@ -114,50 +95,6 @@ func (s *Server) Sign(csr *certv1.CertificateSigningRequest) ([]byte, error) {
 	return pki.EncodeCert(cert), nil
 }
 
-// Handler returns the HTTP handler served on the socket.
-func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+signPath, s.serveSign)
-	return mux
-}
-
-func (s *Server) serveSign(w http.ResponseWriter, r *http.Request) {
-	var in SignRequest
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequest+1))
-	if err == nil && len(body) > maxRequest {
-		err = fmt.Errorf("request body over %d bytes", maxRequest)
-	}
-	if err == nil {
-		err = json.Unmarshal(body, &in)
-	}
-	if err != nil {
-		writeJSON(w, http.StatusBadRequest, SignResponse{Error: "decode sign request: " + err.Error()})
-		return
-	}
-	pemCert, err := s.Sign(in.CSR)
-	if err != nil {
-		code := http.StatusInternalServerError
-		if errors.Is(err, csrpolicy.ErrPolicy) {
-			code = http.StatusUnprocessableEntity
-		}
-		name := ""
-		if in.CSR != nil {
-			name = in.CSR.Name
-		}
-		s.cfg.Logger.Warn("refused to sign", "csr", name, "err", err)
-		writeJSON(w, code, SignResponse{Error: err.Error()})
-		return
-	}
-	s.cfg.Logger.Debug("signed", "csr", in.CSR.Name, "signer_name", in.CSR.Spec.SignerName)
-	writeJSON(w, http.StatusOK, SignResponse{Certificate: pemCert})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
 // Listen creates the UNIX socket at path, mode 0600, replacing a stale
 // socket left by an earlier run.
 func Listen(path string) (net.Listener, error) {
@@ -176,24 +113,6 @@ func Listen(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("signer socket %s: %w", path, err)
 	}
 	return ln, nil
-}
-
-// Serve answers sign calls on ln until ctx is done; it returns after every
-// connection has ended.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	select {
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		hs.Shutdown(sctx)
-		<-errc
-		return nil
-	case err := <-errc:
-		return fmt.Errorf("signer serve: %w", err)
-	}
 }
 
 // LoadCA reads the CA certificate and key for the signer, refusing a key
