@@ -12,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nodetrust/nodetrust/controlplane/csrpolicy"
@@ -87,7 +89,22 @@ func random(n int) string {
 type Manager struct {
 	Store *store.Store
 	Clock clock.Clock
+
+	mu    sync.Mutex
+	known map[[sha256.Size]byte]known // guarded by mu; by SHA-256 of the whole token
 }
+
+// known is a token that authenticated, as it was then. It stands only as
+// long as the stored token is unchanged (same resource version).
+type known struct {
+	id      string
+	rv      uint64
+	expires time.Time
+	groups  []string
+}
+
+// maxKnown bounds the tokens remembered; the memory is cleared when full.
+const maxKnown = 4096
 
 // Create makes a token valid for ttl (0: forever) and returns it whole;
 // its secret cannot be read back later.
@@ -159,14 +176,41 @@ func (m *Manager) Delete(idOrToken string) error {
 
 // Authenticate checks a bearer token at now and returns the user and
 // groups it stands for.
+//
+// A token that authenticated is remembered (by a hash of it) with the
+// resource version of its stored record, so that its next uses cost a
+// hash and a lookup instead of parsing, decoding and comparing; any
+// change to the stored token, or its deletion, ends that.
 func (m *Manager) Authenticate(bearer string, now time.Time) (user string, groups []string, err error) {
+	key := sha256.Sum256([]byte(bearer))
+	m.mu.Lock()
+	k, ok := m.known[key]
+	m.mu.Unlock()
+	if ok {
+		if o, err := m.Store.Get(Kind, k.id); err == nil && o.RV == k.rv {
+			if !k.expires.IsZero() && !now.Before(k.expires) {
+				return "", nil, fmt.Errorf("token %s expired at %s: %w", k.id, k.expires.Format(time.RFC3339), ErrExpired)
+			}
+			return User(k.id), slices.Clone(k.groups), nil
+		}
+		m.mu.Lock()
+		delete(m.known, key)
+		m.mu.Unlock()
+	}
 	id, secret, err := Parse(bearer)
 	if err != nil {
 		return "", nil, err
 	}
-	t, err := m.Get(id)
+	o, err := m.Store.Get(Kind, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", nil, fmt.Errorf("token %s: %w", id, ErrUnknown)
+	}
 	if err != nil {
 		return "", nil, err
+	}
+	var t Token
+	if err := json.Unmarshal(o.Data, &t); err != nil {
+		return "", nil, fmt.Errorf("decode stored token %s: %w", id, err)
 	}
 	if subtle.ConstantTimeCompare([]byte(hash(secret)), []byte(t.SecretHash)) != 1 {
 		return "", nil, fmt.Errorf("token %s: %w", id, ErrUnknown)
@@ -174,7 +218,14 @@ func (m *Manager) Authenticate(bearer string, now time.Time) (user string, group
 	if t.Expired(now) {
 		return "", nil, fmt.Errorf("token %s expired at %s: %w", id, t.Expires.Format(time.RFC3339), ErrExpired)
 	}
-	return User(id), append([]string{csrpolicy.BootstrapGroup}, t.ExtraGroups...), nil
+	groups = append([]string{csrpolicy.BootstrapGroup}, t.ExtraGroups...)
+	m.mu.Lock()
+	if m.known == nil || len(m.known) >= maxKnown {
+		m.known = map[[sha256.Size]byte]known{}
+	}
+	m.known[key] = known{id: id, rv: o.RV, expires: t.Expires, groups: groups}
+	m.mu.Unlock()
+	return User(id), slices.Clone(groups), nil
 }
 
 // DeleteExpired removes tokens expired at now and returns how many.
