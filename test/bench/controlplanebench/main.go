@@ -10,9 +10,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -122,10 +124,13 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	defer stop()
 
 	fmt.Printf("preparing %d CSRs (client-side key generation is not timed)...\n", total+storm)
-	reqs, err := makeCSRs(total+storm, "tput")
+	reqs, err := makeCSRs(total + storm)
 	if err != nil {
 		return err
 	}
+	certs := make([]*x509.Certificate, total+storm)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(b.caPEM)
 
 	// Throughput: clients workers, each with its own client-go clientset.
 	var next atomic.Int64
@@ -149,7 +154,8 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 				if n >= total {
 					return
 				}
-				if err := issue(cs[i], fmt.Sprintf("tput-%d", n), reqs[n]); err != nil {
+				var err error
+				if certs[n], err = issue(cs[i], fmt.Sprintf("tput-%d", n), reqs[n]); err != nil {
 					fails.Add(1)
 					errOnce.Do(func() { firstErr = err })
 				}
@@ -167,6 +173,7 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	if firstErr != nil {
 		fmt.Printf("first failure: %v\n", firstErr)
 	}
+	verifyAll(certs[:total], roots)
 
 	// Storm: every node at once.
 	fails.Store(0)
@@ -183,7 +190,8 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	for i := range storm {
 		wg.Go(func() {
 			pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "client")))
-			if err := issue(scs[i%conns], fmt.Sprintf("storm-node-%d", i), reqs[total+i]); err != nil {
+			var err error
+			if certs[total+i], err = issue(scs[i%conns], fmt.Sprintf("storm-node-%d", i), reqs[total+i]); err != nil {
 				fails.Add(1)
 				errOnce.Do(func() { firstErr = err })
 			}
@@ -195,6 +203,9 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	stopProf()
 	fmt.Printf("bootstrap storm: %d nodes at once over %d connections: done in %v (%.0f CSRs/s), %d failures, %d API connections opened\n", storm, conns, el.Round(time.Millisecond), float64(storm)/el.Seconds(), fails.Load(), b.ln.n.Load()-accepted)
 	fmt.Printf("  CPUs used meanwhile: this process %.2f, other processes %.2f\n", cpu.self, cpu.other)
+	if !verifyAll(certs[total:], roots) {
+		return errors.New("storm issued certificates that do not verify")
+	}
 	if firstErr != nil {
 		fmt.Printf("first failure: %v\n", firstErr)
 		return errors.New("storm had failures")
@@ -264,8 +275,18 @@ func rawSignRate(d time.Duration) float64 {
 	return float64(n.Load()) / time.Since(t0).Seconds()
 }
 
-func makeCSRs(n int, _ string) ([][]byte, error) {
-	out := make([][]byte, n)
+// nodeReq is one node's certificate request and what its certificate
+// must hold.
+type nodeReq struct {
+	pem []byte
+	cn  string
+	pub crypto.PublicKey
+}
+
+// makeCSRs makes n nodes' keys and requests, as the nodes would on their
+// own CPUs before they ask.
+func makeCSRs(n int) ([]nodeReq, error) {
+	out := make([]nodeReq, n)
 	var wg sync.WaitGroup
 	var first error
 	var mu sync.Mutex
@@ -275,7 +296,8 @@ func makeCSRs(n int, _ string) ([][]byte, error) {
 			for i := w * per; i < min(n, (w+1)*per); i++ {
 				key, err := pki.GenerateKey()
 				if err == nil {
-					out[i], err = pki.NewCSR(key, fmt.Sprintf("system:node:node-%d", i), []string{"system:nodes"}, nil, nil)
+					out[i].cn, out[i].pub = fmt.Sprintf("system:node:node-%d", i), key.Public()
+					out[i].pem, err = pki.NewCSR(key, out[i].cn, []string{"system:nodes"}, nil, nil)
 				}
 				if err != nil {
 					mu.Lock()
@@ -287,6 +309,38 @@ func makeCSRs(n int, _ string) ([][]byte, error) {
 	}
 	wg.Wait()
 	return out, first
+}
+
+// verifyAll checks every certificate a client got against the cluster CA
+// for client authentication, after the timed window (a node does this on
+// its own CPU), and reports whether all of them verify.
+func verifyAll(certs []*x509.Certificate, roots *x509.CertPool) bool {
+	var bad, missing atomic.Int64
+	var first atomic.Value
+	var wg sync.WaitGroup
+	per := (len(certs) + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0)
+	for w := 0; w*per < len(certs); w++ {
+		wg.Go(func() {
+			for _, c := range certs[w*per : min(len(certs), (w+1)*per)] {
+				if c == nil {
+					missing.Add(1)
+					continue
+				}
+				if _, err := c.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+					bad.Add(1)
+					first.CompareAndSwap(nil, err.Error())
+				}
+			}
+		})
+	}
+	wg.Wait()
+	n := int64(len(certs)) - missing.Load()
+	fmt.Printf("  certificates verified against the cluster CA afterwards (not timed): %d of %d good", n-bad.Load(), n)
+	if bad.Load() > 0 {
+		fmt.Printf("; first bad: %v", first.Load())
+	}
+	fmt.Println()
+	return bad.Load() == 0
 }
 
 func start() (*bench, func(), error) {
@@ -362,27 +416,28 @@ func (b *bench) clientset(conn int) kubernetes.Interface {
 	return kubernetes.NewForConfigOrDie(cfg)
 }
 
-// issue creates a kubelet client CSR and watches it until it is issued.
-func issue(cs kubernetes.Interface, name string, req []byte) error {
+// issue creates a kubelet client CSR and watches it until it is issued,
+// and checks that the certificate is for the node's name and key.
+func issue(cs kubernetes.Interface, name string, r nodeReq) (*x509.Certificate, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	api := cs.CertificatesV1().CertificateSigningRequests()
 	c, err := api.Create(ctx, &certv1.CertificateSigningRequest{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: certv1.CertificateSigningRequestSpec{Request: req, SignerName: csrpolicy.SignerKubeletClient,
+		Spec: certv1.CertificateSigningRequestSpec{Request: r.pem, SignerName: csrpolicy.SignerKubeletClient,
 			Usages: []certv1.KeyUsage{certv1.UsageDigitalSignature, certv1.UsageClientAuth}},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("create %s: %w", name, err)
+		return nil, fmt.Errorf("create %s: %w", name, err)
 	}
 	w, err := api.Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String(), ResourceVersion: c.ResourceVersion})
 	if err != nil {
-		return fmt.Errorf("watch %s: %w", name, err)
+		return nil, fmt.Errorf("watch %s: %w", name, err)
 	}
 	defer w.Stop()
 	for ev := range w.ResultChan() {
 		if ev.Type == watch.Error {
-			return fmt.Errorf("watch %s: error event %v", name, ev.Object)
+			return nil, fmt.Errorf("watch %s: error event %v", name, ev.Object)
 		}
 		got, ok := ev.Object.(*certv1.CertificateSigningRequest)
 		if !ok {
@@ -390,13 +445,18 @@ func issue(cs kubernetes.Interface, name string, req []byte) error {
 		}
 		switch csrpolicy.StateOf(got.Status) {
 		case csrpolicy.Issued:
-			if _, err := pki.ParseCerts(got.Status.Certificate); err != nil {
-				return fmt.Errorf("%s: %w", name, err)
+			certs, err := pki.ParseCerts(got.Status.Certificate)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
 			}
-			return nil
+			cert := certs[0]
+			if cert.Subject.CommonName != r.cn || !r.pub.(interface{ Equal(crypto.PublicKey) bool }).Equal(cert.PublicKey) {
+				return nil, fmt.Errorf("%s: certificate for %q with another key, want %q", name, cert.Subject.CommonName, r.cn)
+			}
+			return cert, nil
 		case csrpolicy.Denied, csrpolicy.Failed:
-			return fmt.Errorf("%s: %+v", name, got.Status.Conditions)
+			return nil, fmt.Errorf("%s: %+v", name, got.Status.Conditions)
 		}
 	}
-	return fmt.Errorf("watch %s ended before the certificate was issued: %v", name, ctx.Err())
+	return nil, fmt.Errorf("watch %s ended before the certificate was issued: %v", name, ctx.Err())
 }
