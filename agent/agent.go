@@ -19,6 +19,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/agent/certstore"
 	"github.com/nodetrust/nodetrust/agent/nodeaddr"
+	"github.com/nodetrust/nodetrust/agent/tunnel"
 	"github.com/nodetrust/nodetrust/bootstrap"
 	"github.com/nodetrust/nodetrust/internal/clock"
 	"github.com/nodetrust/nodetrust/metadata/mdclient"
@@ -65,6 +66,7 @@ type Agent struct {
 	hostname func() (string, error)
 	caPath   string
 	status   string
+	tunnel   *tunnel.Client // nil when no tunnel servers are configured
 
 	mu          sync.Mutex // guards nodeName, lastContact
 	nodeName    string
@@ -121,6 +123,15 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 		a.creds = append(a.creds, a.serving)
 	}
 	a.m = newMetrics(opt.Registerer, a)
+	if len(cfg.Tunnel.Servers) > 0 {
+		tc, err := tunnel.New(tunnel.Config{Servers: cfg.Tunnel.Servers, ServerName: cfg.Tunnel.ServerName, Allow: cfg.Tunnel.Allow,
+			ClientCertificate: a.ClientCertificate, Roots: a.Roots, SelfAddrs: a.addrs,
+			Logger: a.log.With("component", "tunnel"), Clock: a.clock, Registerer: opt.Registerer})
+		if err != nil {
+			return nil, err
+		}
+		a.tunnel = tc
+	}
 	return a, nil
 }
 
@@ -130,6 +141,11 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 // capped jittered backoff, and writes the status file after each round.
 func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent starting", "server", a.cfg.Server, "state_dir", a.cfg.StateDir)
+	if a.tunnel != nil {
+		var wg sync.WaitGroup
+		wg.Go(func() { a.tunnel.Run(ctx) })
+		defer wg.Wait()
+	}
 	for {
 		next := a.round(ctx)
 		if ctx.Err() != nil {

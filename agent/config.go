@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/nodetrust/nodetrust/agent/tunnel"
 )
 
 // ErrConfig is wrapped by every error about the agent's configuration.
@@ -49,6 +51,20 @@ type Config struct {
 	CheckInterval Duration `yaml:"checkInterval"`
 	// CSRTimeout bounds one wait for a CSR to be issued (default 15m).
 	CSRTimeout Duration `yaml:"csrTimeout"`
+	// Tunnel configures the reverse tunnels to the control plane (off
+	// when it lists no servers); see docs/tunnels.md.
+	Tunnel TunnelConfig `yaml:"tunnel"`
+}
+
+// TunnelConfig configures the agent's reverse tunnels.
+type TunnelConfig struct {
+	// Servers are the control plane's tunnel addresses (host:port).
+	Servers []string `yaml:"servers"`
+	// ServerName overrides the name checked in the servers' certificates.
+	ServerName string `yaml:"serverName"`
+	// Allow lists the destinations the control plane may reach (self:PORT,
+	// IP:PORT, CIDR:PORT, NAME:PORT); empty means the kubelet's ports.
+	Allow []string `yaml:"allow"`
 }
 
 // MetadataConfig locates the metadata server and the bootstrap attributes.
@@ -171,6 +187,9 @@ func (c *Config) validate() error {
 		if net.ParseIP(ip) == nil {
 			return bad("serving.ips", "%q is not an IP address", ip)
 		}
+	}
+	if _, err := tunnel.ParseAllowlist(c.Tunnel.Allow); err != nil {
+		return bad("tunnel.allow", "%v", err)
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		return bad("stateDir", "%q must be an absolute path", c.StateDir)

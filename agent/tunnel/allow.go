@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -200,7 +201,7 @@ func (c *Client) destinations(ctx context.Context, authority string) ([]netip.Ad
 		return nil, &refusal{tunnelwire.RefusedBadTarget, fmt.Sprintf("destination host %q is neither an IP address nor a DNS name", host)}
 	}
 	name := strings.ToLower(host)
-	if c.cfg.NodeName != "" && name == strings.ToLower(c.cfg.NodeName) {
+	if node := c.nodeName(); node != "" && name == node {
 		cands := append(append([]netip.Addr(nil), self...), netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback())
 		if out := filter(cands); len(out) > 0 {
 			return out, nil
@@ -226,4 +227,24 @@ func (c *Client) destinations(ctx context.Context, authority string) ([]netip.Ad
 		return out, nil
 	}
 	return nil, notAllowed
+}
+
+// nodeName is Config.NodeName, or else the name in the client
+// certificate (CN=system:node:<name>), in lower case.
+func (c *Client) nodeName() string {
+	if c.cfg.NodeName != "" {
+		return strings.ToLower(c.cfg.NodeName)
+	}
+	cert, err := c.cfg.ClientCertificate()
+	if err != nil || cert == nil || len(cert.Certificate) == 0 {
+		return ""
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return ""
+		}
+	}
+	name, _ := tunnelwire.NodeName(leaf.Subject.CommonName, leaf.Subject.Organization)
+	return name
 }

@@ -44,7 +44,8 @@ type Config struct {
 	// against (default: the host of each address).
 	ServerName string
 	// NodeName is the node's name; a CONNECT to NodeName:PORT means the
-	// node's own addresses and loopback, in that order.
+	// node's own addresses and loopback, in that order. Empty means the
+	// name in the client certificate (CN=system:node:<name>).
 	NodeName string
 	// ClientCertificate returns the current client certificate; it is
 	// polled every CertCheckInterval, and a new certificate opens new
@@ -75,9 +76,11 @@ type Config struct {
 	BackoffMax time.Duration
 	// CertCheckInterval is how often ClientCertificate is polled (5s).
 	CertCheckInterval time.Duration
-	// DrainTimeout bounds how long a replaced or stopping tunnel waits for
-	// open streams before it is closed (default 10m).
+	// DrainTimeout bounds how long a replaced tunnel waits for open
+	// streams before it is closed (default 10m); StopTimeout bounds it once
+	// Run's context is done (default 5s).
 	DrainTimeout time.Duration
+	StopTimeout  time.Duration
 
 	Logger     *slog.Logger
 	Clock      clock.Clock
@@ -131,6 +134,7 @@ func New(cfg Config) (*Client, error) {
 	def(&cfg.BackoffMax, time.Second)
 	def(&cfg.CertCheckInterval, 5*time.Second)
 	def(&cfg.DrainTimeout, 10*time.Minute)
+	def(&cfg.StopTimeout, 5*time.Second)
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver
 	}
@@ -146,7 +150,7 @@ func New(cfg Config) (*Client, error) {
 }
 
 // Run keeps a tunnel to every server until ctx is done, then drains the
-// tunnels (bounded by DrainTimeout) and returns nil after every goroutine,
+// tunnels (bounded by StopTimeout) and returns nil after every goroutine,
 // stream handlers included, has ended.
 func (c *Client) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
@@ -192,7 +196,7 @@ func (c *Client) supervise(ctx context.Context, addr string) {
 		select {
 		case <-ctx.Done():
 			tick.Stop()
-			cur.drain(c.cfg.DrainTimeout, c.clock)
+			c.drain(ctx, cur)
 			return
 		case <-cur.done:
 			tick.Stop()
@@ -214,12 +218,16 @@ func (c *Client) supervise(ctx context.Context, addr string) {
 			log.Info("client certificate changed; new tunnel up, draining the old one")
 			old := cur
 			cur = next
-			drains.Go(func() { old.drain(c.cfg.DrainTimeout, c.clock) })
+			drains.Go(func() { c.drain(ctx, old) })
 		}
 	}
 	if cur != nil {
-		cur.drain(c.cfg.DrainTimeout, c.clock)
+		c.drain(ctx, cur)
 	}
+}
+
+func (c *Client) drain(ctx context.Context, t *tunnelConn) {
+	t.drain(ctx, c.cfg.DrainTimeout, c.cfg.StopTimeout, c.clock)
 }
 
 // certChanged reports whether the client certificate differs from the one

@@ -170,25 +170,28 @@ func (c *Client) serve(t *tunnelConn) {
 	}()
 }
 
-// drain stops t from taking new streams (HTTP/2 GOAWAY), waits for its
-// open streams up to timeout, then closes it and waits for serving to end.
-func (t *tunnelConn) drain(timeout time.Duration, clk clock.Clock) {
+// drain stops t from taking new streams (HTTP/2 GOAWAY) and waits for its
+// open streams, up to timeout, or up to stopTimeout once ctx is done; then
+// it closes t. It returns when serving has ended.
+func (t *tunnelConn) drain(ctx context.Context, timeout, stopTimeout time.Duration, clk clock.Clock) {
 	tm := clk.NewTimer(timeout)
 	defer tm.Stop()
-	select {
-	case <-t.registered:
-		t.base.Shutdown(context.Background()) // runs the HTTP/2 graceful shutdown of t
-	case <-t.done:
-		return
-	case <-tm.C():
-		t.tls.Close()
-		<-t.done
-		return
-	}
-	select {
-	case <-t.done:
-	case <-tm.C():
-		t.tls.Close()
-		<-t.done
+	stopping := ctx.Done()
+	shut := t.registered
+	for {
+		select {
+		case <-shut:
+			t.base.Shutdown(context.Background()) // the HTTP/2 graceful shutdown of t
+			shut = nil
+		case <-stopping:
+			tm.Reset(stopTimeout)
+			stopping = nil
+		case <-t.done:
+			return
+		case <-tm.C():
+			t.tls.Close()
+			<-t.done
+			return
+		}
 	}
 }
