@@ -1,0 +1,134 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nodetrust/nodetrust/test/harness"
+)
+
+// idleResult is the running agent's and the baseline's use of memory and
+// CPU while idle.
+type idleResult struct {
+	toCreds     time.Duration // from exec until the credentials file appeared
+	agent, base idleProc
+	window      time.Duration
+	foreign     float64 // CPUs other processes used in the window
+	stopTook    time.Duration
+	stopErr     error
+	quiet       float64 // CPUs other processes used just before
+}
+
+type idleProc struct {
+	start, end memStat // at the start and the end of the window
+	maxRSS     int64   // over the window, sampled each second
+	cpu        float64 // CPUs over the window
+}
+
+// benchIdle starts `nodetrust agent` (long-running, with its metrics
+// listener) and the baseline sleeper together, waits for the agent's
+// credentials, then watches both for o.idle.
+func benchIdle(o options, env *harness.Env) (*idleResult, error) {
+	dir := filepath.Join(o.dir, "idle")
+	quiet := waitQuiet(o.quiet)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	metrics := ln.Addr().String()
+	ln.Close()
+	cfg, state, err := writeConfig(dir, env, metrics)
+	if err != nil {
+		return nil, err
+	}
+	ag, err := startChild("nodetrust agent", filepath.Join(dir, "agent.log"), o.bin, "agent", "--config", cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer ag.stop()
+	base, err := startChild("baseline sleep", filepath.Join(dir, "baseline.log"), o.baseline, "sleep")
+	if err != nil {
+		return nil, err
+	}
+	defer base.stop()
+
+	r := &idleResult{quiet: quiet}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(state, credFile)); err == nil {
+			r.toCreds = time.Since(ag.started)
+			break
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		select {
+		case <-ag.exited:
+			return nil, fmt.Errorf("agent exited: %v\n%s", ag.err, ag.logTail())
+		case <-time.After(2 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no credentials after 30s\n%s", ag.logTail())
+		}
+	}
+	if err := checkCredentials(state, env.Nodes[0]); err != nil {
+		return nil, err
+	}
+	// The file appears just before the agent writes its kubeconfig and status
+	// and returns to its loop; /healthz answering 200 means it is there.
+	if err := waitHealthy("http://"+metrics+"/healthz", 10*time.Second); err != nil {
+		return nil, fmt.Errorf("%w\n%s", err, ag.logTail())
+	}
+
+	pids := []int{ag.pid(), base.pid()}
+	procs := []*idleProc{&r.agent, &r.base}
+	for i, p := range pids {
+		if procs[i].start, err = readMem(p); err != nil {
+			return nil, err
+		}
+	}
+	c0 := sampleCPU(pids...)
+	end := c0.at.Add(o.idle)
+	for time.Now().Before(end) {
+		time.Sleep(min(time.Second, time.Until(end)))
+		for i, p := range pids {
+			m, err := readMem(p)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", []string{"agent", "baseline"}[i], err)
+			}
+			procs[i].maxRSS = max(procs[i].maxRSS, m.rss)
+			procs[i].end = m
+		}
+	}
+	u := cpuBetween(c0, sampleCPU(pids...))
+	r.window = o.idle
+	r.agent.cpu, r.base.cpu, r.foreign = u.pids[0], u.pids[1], u.foreign
+	r.stopTook, r.stopErr = ag.stop()
+	return r, nil
+}
+
+func waitHealthy(url string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	cl := &http.Client{Timeout: time.Second}
+	for {
+		resp, err := cl.Get(url)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				cl.CloseIdleConnections()
+				return nil
+			}
+			err = errors.New(resp.Status)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent /healthz not OK after %v: %v", limit, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
