@@ -19,6 +19,7 @@ import (
 	"github.com/nodetrust/nodetrust/controlplane/signer"
 	"github.com/nodetrust/nodetrust/controlplane/store"
 	"github.com/nodetrust/nodetrust/controlplane/tokens"
+	"github.com/nodetrust/nodetrust/controlplane/tunnel"
 	"github.com/nodetrust/nodetrust/internal/clock"
 	"github.com/nodetrust/nodetrust/metadata"
 )
@@ -37,6 +38,11 @@ type Config struct {
 	GCInterval time.Duration
 	Clock      clock.Clock
 	Logger     *slog.Logger
+	// TunnelListen is where agents' tunnels and the mTLS CONNECT frontend
+	// are served ("" for none); TunnelConnectSocket is the UNIX-socket
+	// CONNECT frontend ("" for none). See docs/tunnels.md.
+	TunnelListen        string
+	TunnelConnectSocket string
 }
 
 // Server is the API server process: HTTPS API, approver and store. It
@@ -50,6 +56,7 @@ type Server struct {
 	API        *apiserver.Server
 	tlsCfg     *tls.Config
 	signer     *signer.Client
+	Tunnel     *tunnel.Server // nil without TunnelListen and TunnelConnectSocket
 }
 
 // NewServer loads the data folder and opens the store. Call Run, which
@@ -98,6 +105,12 @@ func NewServer(cfg Config) (*Server, error) {
 		Ready: s.ready,
 	})
 	s.tlsCfg = apiserver.TLSConfig(pair, pool, cfg.Clock)
+	if cfg.TunnelListen != "" || cfg.TunnelConnectSocket != "" {
+		if s.Tunnel, err = tunnel.New(tunnel.Config{Certificate: &pair, ClientCAs: pool, Clock: cfg.Clock, Logger: cfg.Logger}); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -115,7 +128,13 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make([]error, 2)
+	errs := make([]error, 3)
+	if s.Tunnel != nil {
+		wg.Go(func() {
+			errs[2] = s.runTunnel(ctx)
+			cancel()
+		})
+	}
 	wg.Go(func() {
 		errs[0] = s.API.Serve(ctx, ln, s.tlsCfg)
 		cancel()
@@ -128,6 +147,28 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	wg.Wait()
 	s.signer.Close()
 	return errors.Join(errors.Join(errs...), s.Store.Close())
+}
+
+// runTunnel listens on the tunnel addresses and serves until ctx is done.
+func (s *Server) runTunnel(ctx context.Context) error {
+	var ls tunnel.Listeners
+	var err error
+	if s.cfg.TunnelListen != "" {
+		if ls.TLS, err = net.Listen("tcp", s.cfg.TunnelListen); err != nil {
+			return fmt.Errorf("tunnel listen %s: %w", s.cfg.TunnelListen, err)
+		}
+	}
+	if s.cfg.TunnelConnectSocket != "" {
+		if ls.Unix, err = tunnel.ListenSocket(s.cfg.TunnelConnectSocket); err != nil {
+			if ls.TLS != nil {
+				ls.TLS.Close()
+			}
+			return err
+		}
+		defer os.Remove(s.cfg.TunnelConnectSocket)
+	}
+	s.cfg.Logger.Info("tunnel server listening", "addr", s.cfg.TunnelListen, "connect_socket", s.cfg.TunnelConnectSocket)
+	return s.Tunnel.Run(ctx, ls)
 }
 
 // SignerConfig configures the signer process.

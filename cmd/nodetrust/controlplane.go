@@ -73,6 +73,7 @@ func runControlplaneServer(ctx context.Context, env *cmdEnv, c *command, args []
 	meta := fs.String("metadata", "", "metadata data file whose instances own kubelet serving names")
 	gc := fs.Duration("gc-interval", time.Hour, "how often old CSRs and expired tokens are collected")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	tunnelCfg := tunnelFlags(fs)
 	if err := parseFlags(fs, env, args); err != nil {
 		return err
 	}
@@ -83,7 +84,9 @@ func runControlplaneServer(ctx context.Context, env *cmdEnv, c *command, args []
 	if err != nil {
 		return err
 	}
-	srv, err := controlplane.NewServer(controlplane.Config{DataDir: *dataDir, SignerSocket: *socket, MetadataFile: *meta, GCInterval: *gc, Logger: log})
+	cfg := controlplane.Config{DataDir: *dataDir, SignerSocket: *socket, MetadataFile: *meta, GCInterval: *gc, Logger: log}
+	tunnelCfg(&cfg)
+	srv, err := controlplane.NewServer(cfg)
 	if err != nil {
 		return err
 	}
