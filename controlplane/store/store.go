@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 )
 
 // Errors returned by the store.
@@ -84,8 +85,10 @@ type Store struct {
 	failed   error                        // sticky write error; guarded by mu
 	liveSize int64                        // bytes of live objects; guarded by mu
 
-	f       *os.File // owned by the committer after Open
-	logSize int64    // owned by the committer after Open
+	f       *os.File     // owned by the committer after Open
+	logSize int64        // owned by the committer after Open
+	syncs   atomic.Int64 // fsyncs of the log so far
+	records atomic.Int64 // records made durable by them
 
 	wmu      sync.Mutex
 	history  []Event                        // guarded by wmu; ring of recent committed events
@@ -160,6 +163,17 @@ func (s *Store) Close() error {
 	}
 	s.wmu.Unlock()
 	return s.f.Close()
+}
+
+// Stats are counters of the log's group commit.
+type Stats struct {
+	Syncs   int64 // fsyncs of the log
+	Records int64 // records those fsyncs made durable
+}
+
+// Stats returns the counters so far.
+func (s *Store) Stats() Stats {
+	return Stats{Syncs: s.syncs.Load(), Records: s.records.Load()}
 }
 
 // RV returns the last assigned resource version.

@@ -111,6 +111,10 @@ func TestConcurrentWritersShareFsync(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	st := s.Stats()
+	if st.Records != 200 || st.Syncs < 1 || st.Syncs >= 200 {
+		t.Errorf("200 concurrent writes took %d fsyncs for %d records; want them shared", st.Syncs, st.Records)
+	}
 	s.Close()
 	s = open(t, dir)
 	defer s.Close()

@@ -39,6 +39,7 @@ import (
 	"github.com/nodetrust/nodetrust/controlplane"
 	"github.com/nodetrust/nodetrust/controlplane/csrpolicy"
 	"github.com/nodetrust/nodetrust/controlplane/pki"
+	"github.com/nodetrust/nodetrust/controlplane/store"
 )
 
 func main() {
@@ -110,6 +111,7 @@ type bench struct {
 	caPEM []byte
 	token string
 	ln    *countingListener
+	store *store.Store
 }
 
 func run(clients, total, storm, conns int, rawFor time.Duration) error {
@@ -141,7 +143,7 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	for i := range cs {
 		cs[i] = b.clientset(i % 8)
 	}
-	accepted := b.ln.n.Load()
+	accepted, st0 := b.ln.n.Load(), b.store.Stats()
 	stopProf := startProfile(profPath)
 	cpu0 := readCPU()
 	t0 := time.Now()
@@ -169,6 +171,7 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	rate := float64(total-int(fails.Load())) / el.Seconds()
 	fmt.Printf("end to end with %d concurrent clients: %d CSRs in %v = %.0f CSRs/s issued (%d failures, %d API connections opened)\n", clients, total, el.Round(time.Millisecond), rate, fails.Load(), b.ln.n.Load()-accepted)
 	fmt.Printf("  CPUs used meanwhile: this process %.2f (%.2f ms per CSR), other processes %.2f\n", cpu.self, 1000*cpu.self*el.Seconds()/float64(total), cpu.other)
+	printStore(b.store.Stats(), st0, el)
 	fmt.Printf("ratio end-to-end / raw signing: %.3f (%.1f%%)\n", rate/raw, 100*rate/raw)
 	if firstErr != nil {
 		fmt.Printf("first failure: %v\n", firstErr)
@@ -183,7 +186,7 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	for i := range scs {
 		scs[i] = b.clientset(100 + i)
 	}
-	accepted = b.ln.n.Load()
+	accepted, st0 = b.ln.n.Load(), b.store.Stats()
 	stopProf = startProfile(profPath + ".storm")
 	cpu0 = readCPU()
 	t0 = time.Now()
@@ -203,6 +206,7 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 	stopProf()
 	fmt.Printf("bootstrap storm: %d nodes at once over %d connections: done in %v (%.0f CSRs/s), %d failures, %d API connections opened\n", storm, conns, el.Round(time.Millisecond), float64(storm)/el.Seconds(), fails.Load(), b.ln.n.Load()-accepted)
 	fmt.Printf("  CPUs used meanwhile: this process %.2f, other processes %.2f\n", cpu.self, cpu.other)
+	printStore(b.store.Stats(), st0, el)
 	if !verifyAll(certs[total:], roots) {
 		return errors.New("storm issued certificates that do not verify")
 	}
@@ -211,6 +215,12 @@ func run(clients, total, storm, conns int, rawFor time.Duration) error {
 		return errors.New("storm had failures")
 	}
 	return nil
+}
+
+// printStore prints the store's group commit over a window.
+func printStore(st, st0 store.Stats, el time.Duration) {
+	syncs, recs := st.Syncs-st0.Syncs, st.Records-st0.Records
+	fmt.Printf("  store: %d records in %d fsyncs (%.0f fsyncs/s, %.1f records each)\n", recs, syncs, float64(syncs)/el.Seconds(), float64(recs)/float64(max(syncs, 1)))
 }
 
 // cpuTimes are CPU seconds used so far by this process and by the whole
@@ -395,7 +405,7 @@ func start() (*bench, func(), error) {
 		wg.Wait()
 		os.RemoveAll(dir)
 	}
-	return &bench{addr: addr, caPEM: caPEM, token: tok, ln: ln}, stop, nil
+	return &bench{addr: addr, caPEM: caPEM, token: tok, ln: ln, store: srv.Store}, stop, nil
 }
 
 // clientset returns a client-go clientset; different conn values get
