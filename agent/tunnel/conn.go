@@ -21,13 +21,12 @@ import (
 
 // Reasons a tunnel dial fails, the label of the dial failure metric.
 const (
-	failNoCert   = "no_certificate"
-	failRoots    = "roots"
-	failConnect  = "connect"
-	failTLS      = "tls"
-	failALPN     = "alpn"
-	failRefused  = "refused" // the server closed the connection after the handshake
-	failShutdown = "shutdown"
+	failNoCert  = "no_certificate"
+	failRoots   = "roots"
+	failConnect = "connect"
+	failTLS     = "tls"
+	failALPN    = "alpn"
+	failRefused = "refused" // the server closed the connection after the handshake
 )
 
 // dialError carries the metric reason of a failed tunnel dial.
