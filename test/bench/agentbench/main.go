@@ -19,6 +19,10 @@
 //     one control plane: failures (failed attempts included), total time,
 //     per-agent time. The baseline is 1,000 HTTPS requests (each its own
 //     connection and handshake) released together against the same API.
+//     The agents' state folders are on /dev/shm when it is a tmpfs, standing
+//     in for each node's own disk: on one shared disk, 1,000 agents' fsyncs
+//     queue behind each other, which no real fleet does (-fleet-dir changes
+//     it).
 //
 // Run it from the module root:
 //

@@ -154,7 +154,7 @@ func (r *report) print(w io.Writer) {
 			where = "a tmpfs, standing in for each node's own disk (the control plane's store stays on disk)"
 		}
 		fmt.Fprintf(w, "agents' state folders in %s: %s.\n", f.stateIn, where)
-		fmt.Fprintf(w, "baseline: %d HTTPS GET /healthz, each on its own new connection, released together against the same API.\n", f.n)
+		fmt.Fprintf(w, "baseline: %d HTTPS GET /healthz, each on its own new connection, released together against the same API (run before and after the agents; the faster run).\n", f.n)
 		row("", "agents", "baseline", "ratio", "target", "")
 		row("with credentials", fmt.Sprintf("%d/%d", f.ok, f.n), fmt.Sprintf("%d/%d", f.n-b.failed, f.n), "", "all", passFail(f.ok == f.n && f.failed == 0))
 		row("failed attempts (retried)", fmt.Sprint(f.attempts), "", "", "0", passFail(f.attempts == 0))
