@@ -14,9 +14,6 @@ import (
 
 	certv1 "k8s.io/api/certificates/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodetrust/nodetrust/controlplane"
 	"github.com/nodetrust/nodetrust/controlplane/apiserver"
@@ -50,10 +47,10 @@ func init() {
 
 // adminFlags adds --data-dir and --kubeconfig; the result builds the admin
 // REST config.
-func adminFlags(fs *flag.FlagSet) func() (*rest.Config, error) {
+func adminFlags(fs *flag.FlagSet) func() (*adminConfig, error) {
 	dataDir := fs.String("data-dir", "", "control plane data folder, to use its admin.kubeconfig")
 	kc := fs.String("kubeconfig", "", "admin kubeconfig (instead of --data-dir)")
-	return func() (*rest.Config, error) {
+	return func() (*adminConfig, error) {
 		path := *kc
 		if path == "" {
 			if *dataDir == "" {
@@ -61,12 +58,7 @@ func adminFlags(fs *flag.FlagSet) func() (*rest.Config, error) {
 			}
 			path = controlplane.Paths{DataDir: *dataDir}.AdminKubeconfig()
 		}
-		cfg, err := clientcmd.BuildConfigFromFlags("", path)
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
-		}
-		cfg.Timeout = 30 * time.Second
-		return cfg, nil
+		return loadAdminConfig(path)
 	}
 }
 
@@ -90,21 +82,25 @@ func verbArgs(fs *flag.FlagSet, env *cmdEnv, args []string, verbs ...string) (ve
 }
 
 // adminCall sends a JSON request to nodetrust's admin API.
-func adminCall(ctx context.Context, cfg *rest.Config, method, path string, in, out any) error {
-	hc, err := rest.HTTPClientFor(cfg)
-	if err != nil {
-		return err
-	}
+func adminCall(ctx context.Context, cfg *adminConfig, method, path string, in, out any) error {
+	return apiCall(ctx, cfg, method, "/apis/"+apiserver.AdminGroup+"/v1/"+path, in, out)
+}
+
+// apiCall sends a JSON request to the API and decodes the JSON answer;
+// errors carry the API's metav1.Status message.
+func apiCall(ctx context.Context, cfg *adminConfig, method, path string, in, out any) error {
+	hc := cfg.Client
 	var body io.Reader
 	if in != nil {
 		b, _ := json.Marshal(in)
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(cfg.Host, "/")+"/apis/"+apiserver.AdminGroup+"/v1/"+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(cfg.Host, "/")+path, body)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("call %s: %w", cfg.Host, err)
@@ -187,10 +183,10 @@ func runControlplaneCSR(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	api := kubernetes.NewForConfigOrDie(cfg).CertificatesV1().CertificateSigningRequests()
+	const csrs = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 	if verb == "list" {
-		l, err := api.List(ctx, metav1.ListOptions{})
-		if err != nil {
+		var l certv1.CertificateSigningRequestList
+		if err := apiCall(ctx, cfg, http.MethodGet, csrs, nil, &l); err != nil {
 			return err
 		}
 		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
@@ -213,8 +209,8 @@ func runControlplaneCSR(ctx context.Context, env *cmdEnv, args []string) error {
 	if name == "" {
 		return fmt.Errorf("%w: csr %s needs the request name", errUsage, verb)
 	}
-	c, err := api.Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
+	var c certv1.CertificateSigningRequest
+	if err := apiCall(ctx, cfg, http.MethodGet, csrs+"/"+name, nil, &c); err != nil {
 		return err
 	}
 	t, r := certv1.CertificateApproved, "AdminApproved"
@@ -227,7 +223,7 @@ func runControlplaneCSR(ctx context.Context, env *cmdEnv, args []string) error {
 	c.Status.Conditions = append(c.Status.Conditions, certv1.CertificateSigningRequestCondition{
 		Type: t, Status: "True", Reason: r, Message: *msg, LastUpdateTime: metav1.Now(),
 	})
-	if _, err := api.UpdateApproval(ctx, name, c, metav1.UpdateOptions{}); err != nil {
+	if err := apiCall(ctx, cfg, http.MethodPut, csrs+"/"+name+"/approval", &c, nil); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "certificatesigningrequest %s %sd\n", name, verb)
