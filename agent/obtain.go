@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -79,8 +80,10 @@ func (a *Agent) bootstrapClient(ctx context.Context) error {
 	if !roots.AppendCertsFromPEM(cred.CABundle) {
 		return fmt.Errorf("%w: the CA bundle from %s holds no certificate", bootstrap.ErrBadCredential, cred.Source)
 	}
-	if err := atomicfile.Write(a.caPath, cred.CABundle, 0o644); err != nil {
-		return fmt.Errorf("%w: %w", errStore, err)
+	if old, err := os.ReadFile(a.caPath); err != nil || !bytes.Equal(old, cred.CABundle) {
+		if err := atomicfile.Write(a.caPath, cred.CABundle, 0o644); err != nil {
+			return fmt.Errorf("%w: %w", errStore, err)
+		}
 	}
 	var getCert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	if cred.CertPEM != nil {

@@ -45,13 +45,14 @@ type CredentialStatus struct {
 	Rotations    int       `json:"rotations,omitempty"`
 }
 
-// WriteStatus writes s to path crash-safely.
+// WriteStatus replaces the status file atomically. It is rewritten every
+// round, so it is not fsynced: losing the last one costs nothing.
 func WriteStatus(path string, s *Status) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(path, append(b, '\n'), 0o644)
+	return atomicfile.WriteVolatile(path, append(b, '\n'), 0o644)
 }
 
 // ReadStatus reads a status file.

@@ -125,14 +125,11 @@ func (s *Store) pruneLocked(current string) {
 	}
 	re := s.datedRE()
 	var dated []datedFile
-	removed := false
 	for _, e := range ents {
 		name := e.Name()
 		if strings.HasPrefix(name, "."+s.Prefix+"-") && (strings.Contains(name, ".tmp") || strings.HasSuffix(name, ".new")) {
 			// atomicfile's temporary files from a write a crash cut short.
-			if err := os.Remove(filepath.Join(s.Dir, name)); err == nil {
-				removed = true
-			}
+			os.Remove(filepath.Join(s.Dir, name))
 			continue
 		}
 		m := re.FindStringSubmatch(name)
@@ -158,14 +155,10 @@ func (s *Store) pruneLocked(current string) {
 			log.Warn("prune old credential", "path", path, "error", err)
 			continue
 		}
-		removed = true
 		log.Debug("pruned old credential", "path", path)
 	}
-	if removed {
-		if err := atomicfile.SyncDir(s.Dir); err != nil {
-			log.Warn("sync credential folder after pruning", "error", err)
-		}
-	}
+	// No folder sync after pruning: an old file that a power failure brings
+	// back is pruned next time, and costs nothing meanwhile.
 }
 
 // dropPendingLocked removes the pending key when p holds it.
