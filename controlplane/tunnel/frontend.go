@@ -120,9 +120,13 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusMethodNotAllowed, "bad_request", "this proxy only carries CONNECT <node-name>:<port> (curl needs --proxytunnel)")
 		return
 	}
-	node, port, err := net.SplitHostPort(r.Host)
-	if _, ok := parsePort(port); err != nil || !ok || !tunnelwire.ValidNodeName(node) {
-		fail(http.StatusBadRequest, "bad_request", "target %q is not <node-name>:<port>", r.Host)
+	node, err := s.NodeFor(r.Host)
+	switch {
+	case errors.Is(err, ErrBadTarget):
+		fail(http.StatusBadRequest, "bad_request", "%v", err)
+		return
+	case err != nil:
+		fail(http.StatusServiceUnavailable, "no_tunnel", "%v", err)
 		return
 	}
 	if !s.enter() {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -41,6 +42,11 @@ type Config struct {
 	// streams (default DefaultAuthorizeFrontend). UNIX-socket clients are
 	// trusted: the socket is mode 0600.
 	AuthorizeFrontend func(*x509.Certificate) error
+	// NodeForIP names the node that owns an IP address, for frontend
+	// targets <ip>:<port> (the control plane passes the instance
+	// registry's); nil means only tunnels' source addresses are used. See
+	// NodeFor.
+	NodeForIP func(netip.Addr) (node string, ok bool)
 
 	// HandshakeTimeout bounds the TLS handshake of accepted connections
 	// (default 10s).
