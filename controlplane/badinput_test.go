@@ -93,6 +93,8 @@ func TestBadInputIsRefusedAndNothingStored(t *testing.T) {
 		{"wrong PEM type", tok, mut(func(o *certv1.CertificateSigningRequest) { o.Spec.Request = c.caPEM }), 422, metav1.StatusReasonInvalid, "want CERTIFICATE REQUEST"},
 		{"signature does not verify", tok, badSig, 422, metav1.StatusReasonInvalid, "signature"},
 		{"no name", tok, mut(func(o *certv1.CertificateSigningRequest) { o.Name = "" }), 422, metav1.StatusReasonInvalid, "name or generateName is required"},
+		{"name with a slash", tok, mut(func(o *certv1.CertificateSigningRequest) { o.Name = "a/b" }), 422, metav1.StatusReasonInvalid, "metadata.name"},
+		{"name dot-dot", tok, mut(func(o *certv1.CertificateSigningRequest) { o.Name = ".." }), 422, metav1.StatusReasonInvalid, "metadata.name"},
 		{"unknown signer", tok, mut(func(o *certv1.CertificateSigningRequest) { o.Spec.SignerName = "example.com/x" }), 422, metav1.StatusReasonInvalid, "signerName"},
 		{"expiration too short", tok, mut(func(o *certv1.CertificateSigningRequest) { s := int32(599); o.Spec.ExpirationSeconds = &s }), 422, metav1.StatusReasonInvalid, "600 seconds"},
 		{"wrong subject organization", tok, reqWith(t, good, "system:node:node-1", []string{"system:masters"}, nil, nil), 422, metav1.StatusReasonInvalid, "organization"},

@@ -36,7 +36,8 @@ func TestBootstrapAndRenewWithClientGo(t *testing.T) {
 		t.Fatalf("server version: %v, %v", sv, err)
 	}
 
-	obj, _, keyPEM := nodeCSR(t, "node-csr-node-1", "system:node:node-1", []string{"system:nodes"}, csrpolicy.SignerKubeletClient, clientUsages, nil, nil)
+	obj, _, keyPEM := nodeCSR(t, "node-csr-Ab_Cd-node-1", // a kubelet-style base64url name
+		"system:node:node-1", []string{"system:nodes"}, csrpolicy.SignerKubeletClient, clientUsages, nil, nil)
 	d := 2 * time.Hour
 	name, uid, err := csr.RequestCertificateWithContext(ctx, boot, obj.Spec.Request, obj.Name, obj.Spec.SignerName, &d, obj.Spec.Usages, nil)
 	if err != nil {

@@ -13,11 +13,12 @@ import (
 	"slices"
 	"strings"
 
+	pathvalidation "k8s.io/apimachinery/pkg/api/validation/path"
+
 	certv1 "k8s.io/api/certificates/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/nodetrust/nodetrust/controlplane/csrpolicy"
@@ -142,7 +143,9 @@ func (s *Server) validateCreate(u *user, c *certv1.CertificateSigningRequest) er
 	var errs field.ErrorList
 	if c.Name == "" {
 		errs = append(errs, field.Required(field.NewPath("metadata", "name"), "name or generateName is required"))
-	} else if msgs := validation.IsDNS1123Subdomain(c.Name); len(msgs) > 0 {
+	} else if msgs := pathvalidation.ValidatePathSegmentName(c.Name, false); len(msgs) > 0 {
+		// As kube-apiserver: a CSR name need only be a path segment, so the
+		// kubelet's node-csr-<base64url> names are accepted.
 		errs = append(errs, field.Invalid(field.NewPath("metadata", "name"), c.Name, strings.Join(msgs, "; ")))
 	}
 	specPath := field.NewPath("spec")
