@@ -4,53 +4,18 @@ import (
 	"crypto"
 	"fmt"
 	"os"
-	"path/filepath"
+
+	"github.com/nodetrust/nodetrust/internal/atomicfile"
 )
 
-// WriteFile writes data to path crash-safely: into a temporary file in the
-// same folder, fsynced, renamed over path, and the folder fsynced. After a
-// crash path holds either the old or the new content, never a mix.
+// WriteFile writes data to path crash-safely (see atomicfile.Write): after
+// a crash path holds either the old or the new content, never a mix.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return SyncDir(dir)
+	return atomicfile.Write(path, data, perm)
 }
 
 // SyncDir fsyncs a folder so that renames and creations in it are durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync folder %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync folder %s: %w", dir, err)
-	}
-	return nil
-}
+func SyncDir(dir string) error { return atomicfile.SyncDir(dir) }
 
 // CheckKeyFileMode returns an error naming path when the file can be read
 // or written by anyone but its owner.
