@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/nodetrust/nodetrust/controlplane/apiserver"
 	"github.com/nodetrust/nodetrust/controlplane/approver"
 	"github.com/nodetrust/nodetrust/controlplane/instances"
@@ -43,6 +45,14 @@ type Config struct {
 	// CONNECT frontend ("" for none). See docs/tunnels.md.
 	TunnelListen        string
 	TunnelConnectSocket string
+	// KonnectivitySocket (UNIX, mode 0600) and KonnectivityListen (TCP,
+	// mutual TLS with the cluster CA) serve Konnectivity's gRPC
+	// ProxyService over the tunnels ("" for none). See docs/tunnels.md.
+	KonnectivitySocket string
+	KonnectivityListen string
+	// MetricsListen is where /metrics is served over plain HTTP ("" for
+	// nowhere; the registry is Server.Metrics either way).
+	MetricsListen string
 }
 
 // Server is the API server process: HTTPS API, approver and store. It
@@ -57,6 +67,7 @@ type Server struct {
 	tlsCfg     *tls.Config
 	signer     *signer.Client
 	Tunnel     *tunnel.Server // nil without TunnelListen and TunnelConnectSocket
+	Metrics    *prometheus.Registry
 }
 
 // NewServer loads the data folder and opens the store. Call Run, which
@@ -93,7 +104,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, Store: st, signer: signer.NewClient(cfg.SignerSocket)}
+	s := &Server{cfg: cfg, Store: st, signer: signer.NewClient(cfg.SignerSocket), Metrics: newMetricsRegistry()}
 	s.Tokens = &tokens.Manager{Store: st, Clock: cfg.Clock}
 	s.Registry = instances.New(data, st)
 	s.Controller = &approver.Controller{
@@ -105,8 +116,9 @@ func NewServer(cfg Config) (*Server, error) {
 		Ready: s.ready,
 	})
 	s.tlsCfg = apiserver.TLSConfig(pair, pool, cfg.Clock)
-	if cfg.TunnelListen != "" || cfg.TunnelConnectSocket != "" {
-		if s.Tunnel, err = tunnel.New(tunnel.Config{Certificate: &pair, ClientCAs: pool, Clock: cfg.Clock, Logger: cfg.Logger}); err != nil {
+	if cfg.TunnelListen != "" || cfg.TunnelConnectSocket != "" || cfg.KonnectivitySocket != "" || cfg.KonnectivityListen != "" {
+		if s.Tunnel, err = tunnel.New(tunnel.Config{Certificate: &pair, ClientCAs: pool, Clock: cfg.Clock, Logger: cfg.Logger,
+			Registerer: s.Metrics, NodeForIP: instances.NewOwners(s.Registry).NodeForIP}); err != nil {
 			st.Close()
 			return nil, err
 		}
@@ -128,10 +140,22 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make([]error, 3)
+	errs := make([]error, 5)
 	if s.Tunnel != nil {
 		wg.Go(func() {
 			errs[2] = s.runTunnel(ctx)
+			cancel()
+		})
+		if s.cfg.KonnectivitySocket != "" || s.cfg.KonnectivityListen != "" {
+			wg.Go(func() {
+				errs[3] = s.runKonnectivity(ctx)
+				cancel()
+			})
+		}
+	}
+	if s.cfg.MetricsListen != "" {
+		wg.Go(func() {
+			errs[4] = s.serveMetrics(ctx)
 			cancel()
 		})
 	}
