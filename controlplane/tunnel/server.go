@@ -2,10 +2,10 @@
 // Agents dial its TLS port with their node client certificates (ALPN
 // tunnelwire.ALPN); the server then acts as the HTTP/2 client on each
 // connection and opens one CONNECT stream per proxied TCP connection.
-// Frontends reach a node with HTTP/1.1 CONNECT to <node-name>:<port>, over
-// mutual TLS on the same port (any other ALPN) or over a UNIX socket;
-// other frontends (a Konnectivity-compatible gRPC one, say) can call
-// DialNode.
+// Frontends reach a node with HTTP/1.1 CONNECT to <node-name>:<port> or
+// <node-ip>:<port>, over mutual TLS on the same port (any other ALPN) or
+// over a UNIX socket, or with Konnectivity's gRPC ProxyService
+// (ServeKonnectivity); other frontends can call NodeFor and DialNode.
 package tunnel
 
 import (
@@ -215,7 +215,7 @@ func (s *Server) acceptTLS(ctx context.Context, ln net.Listener, front *frontend
 }
 
 func (s *Server) handshake(ctx context.Context, raw net.Conn, front *frontend) {
-	conn := tls.Server(raw, s.tlsCfg)
+	conn := tls.Server(&batchConn{Conn: raw}, s.tlsCfg) // see batchWriter
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	err := conn.HandshakeContext(hctx)
 	cancel()
