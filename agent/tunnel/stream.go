@@ -15,8 +15,14 @@ import (
 	"github.com/nodetrust/nodetrust/internal/tunnelwire"
 )
 
+// copyBufferLen is the size of the pooled buffers that carry a stream's
+// bytes, larger than tunnelwire.CopyBufferLen: every write to the stream is
+// a hop to the HTTP/2 server's goroutines, so bulk transfers want few,
+// large writes (measured with test/bench/tunnelbench).
+const copyBufferLen = 256 << 10
+
 var bufPool = sync.Pool{New: func() any {
-	b := make([]byte, tunnelwire.CopyBufferLen)
+	b := make([]byte, copyBufferLen)
 	return &b
 }}
 
@@ -67,7 +73,61 @@ func (c *Client) serveStream(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 	}()
 	// destination -> control plane; the stream ends when this ends.
-	copyCounted(w, conn, c.m.bytes.WithLabelValues("out"), rc.Flush)
+	copyPipelined(w, conn, c.m.bytes.WithLabelValues("out"), rc.Flush, func() { conn.Close() })
+}
+
+// copyPipelined is copyCounted with the reads of src in a goroutine of
+// their own and two buffers, so that reading the destination overlaps the
+// previous chunk's trip through HTTP/2 and TLS (a write to the stream
+// returns only once its frames are written). abort must unblock src's
+// reads; it is called when dst fails. It returns once both goroutines have
+// ended.
+func copyPipelined(dst io.Writer, src io.Reader, n prometheus.Counter, flush func() error, abort func()) (int64, error) {
+	type chunk struct {
+		buf *[]byte
+		n   int
+		err error
+	}
+	full := make(chan chunk, 1)
+	free := make(chan *[]byte, 2)
+	free <- bufPool.Get().(*[]byte)
+	free <- bufPool.Get().(*[]byte)
+	go func() {
+		defer close(full)
+		for {
+			bp := <-free
+			nr, err := src.Read(*bp)
+			full <- chunk{bp, nr, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var total int64
+	var werr error
+	for ch := range full {
+		if ch.n > 0 && werr == nil {
+			nw, err := dst.Write((*ch.buf)[:ch.n])
+			total += int64(nw)
+			n.Add(float64(nw))
+			if err == nil && flush != nil {
+				err = flush()
+			}
+			if err != nil {
+				werr = err
+				abort()
+			}
+		}
+		free <- ch.buf
+		if ch.err != nil && werr == nil && ch.err != io.EOF {
+			werr = ch.err
+		}
+	}
+	close(free)
+	for bp := range free {
+		bufPool.Put(bp)
+	}
+	return total, werr
 }
 
 // dialDest dials the candidates in order and returns the first connection.

@@ -57,7 +57,11 @@ func (s *Server) serveAgent(ctx context.Context, conn *tls.Conn) {
 		conn.Close()
 		return
 	}
-	wc := &watchConn{Conn: conn, done: make(chan struct{})}
+	var hc net.Conn = conn
+	if bc, ok := conn.NetConn().(*batchConn); ok {
+		hc = &batchWriter{Conn: conn, batch: bc}
+	}
+	wc := &watchConn{Conn: hc, done: make(chan struct{})}
 	cc, err := s.h2.NewClientConn(wc)
 	if err != nil {
 		s.m.refused.WithLabelValues("http2").Inc()
