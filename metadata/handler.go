@@ -29,6 +29,12 @@ type request struct {
 	dirSlash bool
 	q        query
 	head     bool
+
+	// classified is set when the server's classifier decided the caller's
+	// instance (inst, "" for the only one) and view.
+	classified bool
+	inst       string
+	view       View
 }
 
 // ServeHTTP answers one metadata request. Long-poll timeouts and the
@@ -48,7 +54,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.finish(w, v, req.head, resp)
 }
 
-func (s *Server) finish(w http.ResponseWriter, v view, head bool, resp *response) {
+func (s *Server) finish(w http.ResponseWriter, v View, head bool, resp *response) {
 	s.metrics.request(v, resp.code)
 	if resp.reason != "" {
 		s.metrics.deny(resp.reason)
@@ -58,28 +64,35 @@ func (s *Server) finish(w http.ResponseWriter, v view, head bool, resp *response
 
 // prepare runs every check that does not depend on the tree. A non-nil
 // response ends the request there.
-func (s *Server) prepare(snap *snapshot, r *http.Request) (*response, *request, *instanceViews, view) {
+func (s *Server) prepare(snap *snapshot, r *http.Request) (*response, *request, *instanceViews, View) {
 	req := &request{head: r.Method == http.MethodHead}
 	if r.Method != http.MethodGet && !req.head {
 		resp := errorResponse(http.StatusMethodNotAllowed, denyMethod, "method not allowed: the metadata server answers GET and HEAD only")
 		resp.allow = "GET, HEAD"
-		return resp, req, nil, viewNone
+		return resp, req, nil, ViewNone
 	}
 	h := r.Header
 	if h["X-Forwarded-For"] != nil || h["Forwarded"] != nil || h["X-Real-Ip"] != nil {
-		return errorResponse(http.StatusForbidden, denyForwarded, "forbidden: requests with X-Forwarded-For, Forwarded or X-Real-IP are refused"), req, nil, viewNone
+		return errorResponse(http.StatusForbidden, denyForwarded, "forbidden: requests with X-Forwarded-For, Forwarded or X-Real-IP are refused"), req, nil, ViewNone
 	}
 	if !s.hostAllowed(r) {
-		return errorResponse(http.StatusForbidden, denyHost, "forbidden: Host header is not a metadata server name"), req, nil, viewNone
+		return errorResponse(http.StatusForbidden, denyHost, "forbidden: Host header is not a metadata server name"), req, nil, ViewNone
 	}
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return errorResponse(http.StatusForbidden, denyCaller, "forbidden: caller address unknown"), req, nil, viewNone
+		return errorResponse(http.StatusForbidden, denyCaller, "forbidden: caller address unknown"), req, nil, ViewNone
 	}
 	req.addr = ap.Addr().Unmap()
-	iv, v := snap.caller(req.addr)
-	if v == viewNone {
-		return errorResponse(http.StatusForbidden, denyCaller, "forbidden: this address is not a host or pod address of any instance"), req, nil, viewNone
+	if snap.data == nil {
+		return errorResponse(http.StatusServiceUnavailable, "", "service unavailable: metadata not available yet"), req, nil, ViewNone
+	}
+	if s.classify != nil {
+		req.classified = true
+		req.inst, req.view = s.classify(r)
+	}
+	iv, v := snap.callerOf(req)
+	if v == ViewNone {
+		return errorResponse(http.StatusForbidden, denyCaller, "forbidden: this address is not a host or pod address of any instance"), req, nil, ViewNone
 	}
 	if r.URL.Opaque != "" || r.URL.Host != "" && !strings.HasPrefix(r.RequestURI, "/") {
 		return errorResponse(http.StatusBadRequest, denyRequest, "bad request: absolute or opaque request URIs are not accepted"), req, iv, v
@@ -143,8 +156,8 @@ var (
 // what the new data allows it. count says whether to count concealment hits
 // (not when re-answering long-polls).
 func (s *Server) answer(snap *snapshot, req *request, count bool) *response {
-	iv, v := snap.caller(req.addr)
-	if v == viewNone {
+	iv, v := snap.callerOf(req)
+	if v == ViewNone {
 		return errorResponse(http.StatusForbidden, denyCaller, "forbidden: this address is not a host or pod address of any instance")
 	}
 	switch req.route {
@@ -161,7 +174,7 @@ func (s *Server) answer(snap *snapshot, req *request, count bool) *response {
 	root := iv.root(v)
 	n := root.lookup(req.segs)
 	if n == nil {
-		if count && v == viewPod && iv.host.lookup(req.segs) != nil {
+		if count && v == ViewPod && iv.host.lookup(req.segs) != nil {
 			s.concealHit(req, iv, "path")
 		}
 		return notFound
@@ -182,7 +195,7 @@ func (s *Server) answer(snap *snapshot, req *request, count bool) *response {
 		default:
 			f = formatText
 		}
-		if count && n.redacted && v == viewPod {
+		if count && n.redacted && v == ViewPod {
 			s.concealHit(req, iv, "redacted")
 		}
 	} else {

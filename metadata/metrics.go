@@ -20,7 +20,7 @@ type Metrics struct {
 }
 
 type reqKey struct {
-	v    view
+	v    View
 	code int
 }
 
@@ -70,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		fastReqs:    map[reqKey]prometheus.Counter{},
 		fastDenials: map[string]prometheus.Counter{},
 	}
-	for _, v := range []view{viewNone, viewHost, viewPod} {
+	for _, v := range []View{ViewNone, ViewHost, ViewPod} {
 		for _, c := range []int{200, 301, 400, 403, 404, 405, 429, 500} {
 			m.fastReqs[reqKey{v, c}] = m.requests.WithLabelValues(v.String(), strconv.Itoa(c))
 		}
@@ -87,7 +87,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) request(v view, code int) {
+func (m *Metrics) request(v View, code int) {
 	if c, ok := m.fastReqs[reqKey{v, code}]; ok {
 		c.Inc()
 		return

@@ -35,6 +35,12 @@ type Config struct {
 	// SweepInterval is how often timed-out long-polls are answered (default
 	// 250ms); abandoned ones are found every fourth sweep.
 	SweepInterval time.Duration
+	// Classify, when set, decides each caller's instance and view instead
+	// of the data's hostAddresses and podRanges, which are then not
+	// consulted. It runs once per request, from the connection (never trust
+	// the request's headers); instance "" means the data's only instance
+	// (ViewNone when it has several). Nil means by source address.
+	Classify func(r *http.Request) (instance string, v View)
 }
 
 // Server is the metadata server. It is an http.Handler; Run serves it.
@@ -46,13 +52,15 @@ type Server struct {
 	maxPerCaller int
 	maxWatchers  int
 	sweepEvery   time.Duration
+	classify     func(*http.Request) (string, View)
 
 	mu   sync.Mutex // serialises SetData
 	snap atomic.Pointer[snapshot]
 	hub  *hub
 }
 
-// NewServer returns a server for d.
+// NewServer returns a server for d. A nil d is data not known yet: every
+// metadata request is answered 503 until SetData.
 func NewServer(cfg Config, d *Data) (*Server, error) {
 	s := &Server{
 		log:          cfg.Logger,
@@ -62,6 +70,7 @@ func NewServer(cfg Config, d *Data) (*Server, error) {
 		maxPerCaller: cfg.MaxWatchersPerCaller,
 		maxWatchers:  cfg.MaxWatchers,
 		sweepEvery:   cfg.SweepInterval,
+		classify:     cfg.Classify,
 		hub:          newHub(),
 	}
 	if s.log == nil {
@@ -112,7 +121,7 @@ func (s *Server) SetData(d *Data) error {
 	return nil
 }
 
-// Data returns the data being served.
+// Data returns the data being served; nil before the first data.
 func (s *Server) Data() *Data { return s.snap.Load().data }
 
 // Run serves metadata on ln until ctx is done, then shuts down: waiting

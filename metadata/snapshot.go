@@ -12,11 +12,11 @@ type instanceViews struct {
 	pod  *node
 }
 
-func (iv *instanceViews) root(v view) *node {
+func (iv *instanceViews) root(v View) *node {
 	switch v {
-	case viewHost:
+	case ViewHost:
 		return iv.host
-	case viewPod:
+	case ViewPod:
 		return iv.pod
 	}
 	return nil
@@ -36,6 +36,9 @@ type snapshot struct {
 }
 
 func newSnapshot(d *Data, gen uint64) (*snapshot, error) {
+	if d == nil {
+		return &snapshot{changed: make(chan struct{}), generated: gen}, nil
+	}
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}
@@ -79,12 +82,35 @@ func newSnapshot(d *Data, gen uint64) (*snapshot, error) {
 	return s, nil
 }
 
+// callerOf maps a prepared request to an instance and a view: by what the
+// server's classifier said, or else by source address. Unknown callers get
+// ViewNone: fail closed.
+func (s *snapshot) callerOf(req *request) (*instanceViews, View) {
+	if !req.classified {
+		return s.caller(req.addr)
+	}
+	if req.view != ViewHost && req.view != ViewPod {
+		return nil, ViewNone
+	}
+	name := req.inst
+	if name == "" {
+		if len(s.byName) != 1 || s.data == nil {
+			return nil, ViewNone
+		}
+		name = s.data.Instances[0].Name
+	}
+	if iv := s.byName[name]; iv != nil {
+		return iv, req.view
+	}
+	return nil, ViewNone
+}
+
 // caller maps a source address to an instance and a view. Unknown callers
 // get viewNone: fail closed.
-func (s *snapshot) caller(a netip.Addr) (*instanceViews, view) {
+func (s *snapshot) caller(a netip.Addr) (*instanceViews, View) {
 	a = a.Unmap()
 	if iv := s.hosts[a]; iv != nil {
-		return iv, viewHost
+		return iv, ViewHost
 	}
 	for _, b := range s.podBits {
 		if b > a.BitLen() {
@@ -95,8 +121,8 @@ func (s *snapshot) caller(a netip.Addr) (*instanceViews, view) {
 			continue
 		}
 		if iv := s.pods[p]; iv != nil {
-			return iv, viewPod
+			return iv, ViewPod
 		}
 	}
-	return nil, viewNone
+	return nil, ViewNone
 }

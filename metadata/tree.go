@@ -91,20 +91,22 @@ func jsonListLeaf(name, jsonKey string, v []string) *node {
 	return n
 }
 
-// view says which tree a caller gets.
-type view uint8
+// View says which tree of an instance a caller gets.
+type View uint8
 
+// The views. A Config.Classify that is unsure must answer ViewPod (or
+// ViewNone): the server fails closed.
 const (
-	viewNone view = iota // unknown caller: refused
-	viewHost             // the instance's own processes: everything
-	viewPod              // the instance's pods: concealed
+	ViewNone View = iota // unknown caller: refused with 403
+	ViewHost             // the instance's own processes: everything
+	ViewPod              // the instance's pods: concealed
 )
 
-func (v view) String() string {
+func (v View) String() string {
 	switch v {
-	case viewHost:
+	case ViewHost:
 		return "host"
-	case viewPod:
+	case ViewPod:
 		return "pod"
 	}
 	return "none"

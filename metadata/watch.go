@@ -38,6 +38,8 @@ type watchKey struct {
 	path     string
 	dirSlash bool
 	f        string // recursive/alt/audience, the parts of the query that shape the answer
+	inst     string // the classifier's answer, when the server has one
+	view     View
 }
 
 // hub holds parked long-polls.
@@ -61,7 +63,7 @@ func keyOf(req *request) watchKey {
 	f.WriteString(q.alt)
 	f.WriteByte('|')
 	f.WriteString(q.audience)
-	return watchKey{addr: req.addr, path: req.path, dirSlash: req.dirSlash, f: f.String()} // the request path: "/" and "/computeMetadata/v1/" have the same segs
+	return watchKey{addr: req.addr, path: req.path, dirSlash: req.dirSlash, f: f.String(), inst: req.inst, view: req.view} // the request path: "/" and "/computeMetadata/v1/" have the same segs
 }
 
 // admit reserves a place for one more waiter of addr.
@@ -127,7 +129,7 @@ func (s *Server) unparkLocked(w *watcher) bool {
 
 // wait parks a long-poll whose value has not changed yet.
 func (s *Server) wait(w http.ResponseWriter, r *http.Request, snap *snapshot, req *request, resp *response) {
-	_, v := snap.caller(req.addr)
+	_, v := snap.callerOf(req)
 	if !s.admit(req.addr) {
 		s.finish(w, v, req.head, errorResponse(http.StatusTooManyRequests, denyWatchers, "too many waiting wait_for_change requests from this address"))
 		return
@@ -179,7 +181,7 @@ func (s *Server) wait(w http.ResponseWriter, r *http.Request, snap *snapshot, re
 
 // deliver answers a watcher that has left the hub. A hijacked connection
 // gets raw bytes (rendered once per answer by the caller) and is closed.
-func (s *Server) deliver(w *watcher, v view, resp *response, raw []byte) {
+func (s *Server) deliver(w *watcher, v View, resp *response, raw []byte) {
 	if w.conn == nil {
 		w.done <- resp
 		return
@@ -191,7 +193,7 @@ func (s *Server) deliver(w *watcher, v view, resp *response, raw []byte) {
 
 type delivery struct {
 	w    *watcher
-	v    view
+	v    View
 	resp *response
 }
 
@@ -202,7 +204,7 @@ func (s *Server) notify(snap *snapshot) {
 	s.hub.mu.Lock()
 	for _, g := range s.hub.groups {
 		resp := s.answer(snap, g.req, false)
-		_, v := snap.caller(g.req.addr)
+		_, v := snap.callerOf(g.req)
 		for w := range g.watchers {
 			if resp.code == http.StatusOK && resp.etag == w.waitingOn {
 				continue
@@ -272,12 +274,12 @@ func (s *Server) sweep(now time.Time, checkConns bool) {
 	s.hub.mu.Lock()
 	for _, g := range s.hub.groups {
 		var resp *response
-		var v view
+		var v View
 		for w := range g.watchers {
 			if !now.Before(w.deadline) {
 				if resp == nil {
 					resp = s.answer(snap, g.req, false)
-					_, v = snap.caller(g.req.addr)
+					_, v = snap.callerOf(g.req)
 				}
 				s.unparkLocked(w)
 				out = append(out, delivery{w, v, resp})

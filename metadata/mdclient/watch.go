@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strconv"
+	"strings"
 )
 
 // Watch follows the value at suffix (see Get) until ctx is done, fn fails
@@ -37,6 +38,20 @@ import (
 //     again after its own delay;
 //   - a configuration error (invalid suffix or host) at once.
 func (c *Client) Watch(ctx context.Context, suffix string, fn func(value, etag string) error) error {
+	return c.watch(ctx, suffix, nil, fn)
+}
+
+// WatchRecursive is Watch on a directory (suffix ends in "/") with
+// recursive=true: fn receives the whole subtree as JSON, again whenever
+// anything in it changes.
+func (c *Client) WatchRecursive(ctx context.Context, suffix string, fn func(value, etag string) error) error {
+	if !strings.HasSuffix(suffix, "/") {
+		return fmt.Errorf("mdclient: WatchRecursive needs a directory, %q does not end in /", suffix)
+	}
+	return c.watch(ctx, suffix, url.Values{"recursive": {"true"}}, fn)
+}
+
+func (c *Client) watch(ctx context.Context, suffix string, base url.Values, fn func(value, etag string) error) error {
 	if c.hostErr != nil {
 		return c.hostErr
 	}
@@ -55,7 +70,7 @@ func (c *Client) Watch(ctx context.Context, suffix string, fn func(value, etag s
 	// The first read: no wait, so the caller gets the current value now.
 	var etag string
 	for {
-		value, e, err := c.get(ctx, c.plain, suffix, nil)
+		value, e, err := c.get(ctx, c.plain, suffix, base)
 		if err == nil && e == "" {
 			err = fmt.Errorf("get %s from %s: no ETag in the answer, cannot watch", suffix, c.host)
 		}
@@ -74,6 +89,9 @@ func (c *Client) Watch(ctx context.Context, suffix string, fn func(value, etag s
 
 	// The long polls.
 	q := url.Values{}
+	for k, v := range base {
+		q[k] = v
+	}
 	q.Set("wait_for_change", "true")
 	q.Set("timeout_sec", strconv.Itoa(int(c.watchTimeout.Seconds())))
 	for {
