@@ -18,7 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nodetrust/nodetrust/agent/certstore"
+	"github.com/nodetrust/nodetrust/agent/mdlocal"
 	"github.com/nodetrust/nodetrust/agent/nodeaddr"
+	"github.com/nodetrust/nodetrust/agent/steer"
 	"github.com/nodetrust/nodetrust/agent/tunnel"
 	"github.com/nodetrust/nodetrust/bootstrap"
 	"github.com/nodetrust/nodetrust/internal/clock"
@@ -66,7 +68,9 @@ type Agent struct {
 	hostname func() (string, error)
 	caPath   string
 	status   string
-	tunnel   *tunnel.Client // nil when no tunnel servers are configured
+	tunnel   *tunnel.Client  // nil when no tunnel servers are configured
+	podMD    *mdlocal.Mirror // nil when podMetadata is off
+	steer    *steer.Steerer
 
 	mu          sync.Mutex // guards nodeName, lastContact
 	nodeName    string
@@ -123,6 +127,26 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 		a.creds = append(a.creds, a.serving)
 	}
 	a.m = newMetrics(opt.Registerer, a)
+	if pm := cfg.PodMetadata; pm.Enabled {
+		sc, err := pm.steerConfig()
+		if err == nil {
+			sc.Logger = a.log.With("component", "steer")
+			a.steer, err = steer.New(sc)
+		}
+		if err == nil {
+			a.podMD, err = mdlocal.New(mdlocal.Config{
+				Upstream:                   mdclient.Config{Host: pm.Upstream, Logger: a.log.With("component", "pod-metadata"), Clock: a.clock},
+				ConcealedAttributes:        pm.ConcealedAttributes,
+				ExposeServiceAccountTokens: pm.ExposeServiceAccountTokens,
+				Logger:                     a.log.With("component", "pod-metadata"),
+				Clock:                      a.clock,
+				Registerer:                 opt.Registerer,
+			})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("pod metadata: %w", err)
+		}
+	}
 	if len(cfg.Tunnel.Servers) > 0 {
 		tc, err := tunnel.New(tunnel.Config{Servers: cfg.Tunnel.Servers, ServerName: cfg.Tunnel.ServerName, Allow: cfg.Tunnel.Allow,
 			ClientCertificate: a.ClientCertificate, Roots: a.Roots, SelfAddrs: a.addrs,
@@ -144,6 +168,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.tunnel != nil {
 		var wg sync.WaitGroup
 		wg.Go(func() { a.tunnel.Run(ctx) })
+		defer wg.Wait()
+	}
+	if a.podMD != nil {
+		var wg sync.WaitGroup
+		wg.Go(func() { a.runPodMetadata(ctx) })
 		defer wg.Wait()
 	}
 	for {
@@ -307,4 +336,41 @@ func (a *Agent) contact() {
 	a.lastContact = a.clock.Now()
 	a.mu.Unlock()
 	a.m.lastContact.Set(float64(a.clock.Now().Unix()))
+}
+
+// runPodMetadata serves pods their concealed metadata and steers them to
+// it until ctx is done, starting again with backoff when either part fails.
+func (a *Agent) runPodMetadata(ctx context.Context) {
+	for n := 1; ; n++ {
+		err := a.podMetadataOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		d := a.backoff(n)
+		a.log.Error("pod metadata server stopped; pods may reach the upstream metadata server unconcealed", "err", err, "retry_in", d.Round(time.Millisecond))
+		t := a.clock.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+	}
+}
+
+// podMetadataOnce listens, then steers pods to the listener and serves
+// them; the first part to fail stops the other.
+func (a *Agent) podMetadataOnce(ctx context.Context) error {
+	ln, err := steer.Listen(ctx, a.cfg.PodMetadata.Listen)
+	if err != nil {
+		return fmt.Errorf("listen for pods: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Go(func() { errc <- a.podMD.Run(ctx, ln); cancel() })
+	wg.Go(func() { errc <- a.steer.Run(ctx); cancel() })
+	wg.Wait()
+	return errors.Join(<-errc, <-errc)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/nodetrust/nodetrust/agent/steer"
 	"github.com/nodetrust/nodetrust/agent/tunnel"
 )
 
@@ -54,6 +56,49 @@ type Config struct {
 	// Tunnel configures the reverse tunnels to the control plane (off
 	// when it lists no servers); see docs/tunnels.md.
 	Tunnel TunnelConfig `yaml:"tunnel"`
+	// PodMetadata configures the node-local concealing metadata server for
+	// pods; see docs/metadata.md.
+	PodMetadata PodMetadataConfig `yaml:"podMetadata"`
+}
+
+// PodMetadataConfig configures the metadata server the agent serves pods:
+// a concealing mirror of the upstream one, with pod traffic for
+// 169.254.169.254 steered to it by policy routing.
+type PodMetadataConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// Listen is where pods' steered connections arrive (default
+	// 169.254.169.254:80).
+	Listen string `yaml:"listen"`
+	// Upstream is host:port of the real metadata server; empty means
+	// metadata.host.
+	Upstream string `yaml:"upstream"`
+	// PodInterfaces are names or patterns ("veth*", "cni*") of interfaces
+	// pod traffic enters the node on.
+	PodInterfaces []string `yaml:"podInterfaces"`
+	// PodCIDRs are the pods' address ranges (IPv4).
+	PodCIDRs []string `yaml:"podCIDRs"`
+	// RouteTable and RulePriority of the steering (defaults 16925, 1699).
+	RouteTable   int `yaml:"routeTable"`
+	RulePriority int `yaml:"rulePriority"`
+	// ConcealedAttributes are hidden from pods; absent means
+	// metadata.DefaultConcealedAttributes.
+	ConcealedAttributes []string `yaml:"concealedAttributes"`
+	// ExposeServiceAccountTokens hands pods the node's access tokens.
+	ExposeServiceAccountTokens bool `yaml:"exposeServiceAccountTokens"`
+}
+
+// steerConfig is the steering part of c.
+func (c *PodMetadataConfig) steerConfig() (steer.Config, error) {
+	sc := steer.Config{Interfaces: c.PodInterfaces, Table: c.RouteTable, Priority: c.RulePriority}
+	for _, s := range c.PodCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return sc, fmt.Errorf("%q is not a CIDR", s)
+		}
+		sc.CIDRs = append(sc.CIDRs, p)
+	}
+	_, err := steer.New(sc)
+	return sc, err
 }
 
 // TunnelConfig configures the agent's reverse tunnels.
@@ -152,6 +197,12 @@ func (c *Config) setDefaults() {
 	if c.CSRTimeout == 0 {
 		c.CSRTimeout = Duration(15 * time.Minute)
 	}
+	if c.PodMetadata.Listen == "" {
+		c.PodMetadata.Listen = "169.254.169.254:80"
+	}
+	if c.PodMetadata.Upstream == "" {
+		c.PodMetadata.Upstream = c.Metadata.Host
+	}
 }
 
 func (c *Config) validate() error {
@@ -190,6 +241,17 @@ func (c *Config) validate() error {
 	}
 	if _, err := tunnel.ParseAllowlist(c.Tunnel.Allow); err != nil {
 		return bad("tunnel.allow", "%v", err)
+	}
+	if pm := &c.PodMetadata; pm.Enabled {
+		if len(pm.PodInterfaces) == 0 && len(pm.PodCIDRs) == 0 {
+			return bad("podMetadata", "podInterfaces or podCIDRs needed: they say which traffic is a pod's")
+		}
+		if _, err := pm.steerConfig(); err != nil {
+			return bad("podMetadata", "%v", err)
+		}
+		if _, _, err := net.SplitHostPort(pm.Listen); err != nil {
+			return bad("podMetadata.listen", "%q is not host:port", pm.Listen)
+		}
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		return bad("stateDir", "%q must be an absolute path", c.StateDir)
