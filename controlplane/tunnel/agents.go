@@ -57,10 +57,7 @@ func (s *Server) serveAgent(ctx context.Context, conn *tls.Conn) {
 		conn.Close()
 		return
 	}
-	var hc net.Conn = conn
-	if bc, ok := conn.NetConn().(*batchConn); ok {
-		hc = &batchWriter{Conn: conn, batch: bc}
-	}
+	hc := tunnelwire.NewBatchWriter(conn)
 	wc := &watchConn{Conn: hc, done: make(chan struct{})}
 	cc, err := s.h2.NewClientConn(wc)
 	if err != nil {

@@ -215,7 +215,7 @@ func (s *Server) acceptTLS(ctx context.Context, ln net.Listener, front *frontend
 }
 
 func (s *Server) handshake(ctx context.Context, raw net.Conn, front *frontend) {
-	conn := tls.Server(&batchConn{Conn: raw}, s.tlsCfg) // see batchWriter
+	conn := tls.Server(tunnelwire.NewBatchConn(raw), s.tlsCfg) // see tunnelwire.BatchWriter
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	err := conn.HandshakeContext(hctx)
 	cancel()
