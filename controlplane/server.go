@@ -45,6 +45,11 @@ type Config struct {
 	// CONNECT frontend ("" for none). See docs/tunnels.md.
 	TunnelListen        string
 	TunnelConnectSocket string
+	// TunnelServerID names this replica to agents (default random) and
+	// TunnelServerCount says how many replicas serve behind the address
+	// agents dial (default 1): agents keep a tunnel to each.
+	TunnelServerID    string
+	TunnelServerCount int
 	// KonnectivitySocket (UNIX, mode 0600) and KonnectivityListen (TCP,
 	// mutual TLS with the cluster CA) serve Konnectivity's gRPC
 	// ProxyService over the tunnels ("" for none). See docs/tunnels.md.
@@ -118,7 +123,8 @@ func NewServer(cfg Config) (*Server, error) {
 	s.tlsCfg = apiserver.TLSConfig(pair, pool, cfg.Clock)
 	if cfg.TunnelListen != "" || cfg.TunnelConnectSocket != "" || cfg.KonnectivitySocket != "" || cfg.KonnectivityListen != "" {
 		if s.Tunnel, err = tunnel.New(tunnel.Config{Certificate: &pair, ClientCAs: pool, Clock: cfg.Clock, Logger: cfg.Logger,
-			Registerer: s.Metrics, NodeForIP: instances.NewOwners(s.Registry).NodeForIP}); err != nil {
+			Registerer: s.Metrics, NodeForIP: instances.NewOwners(s.Registry).NodeForIP,
+			ServerID: cfg.TunnelServerID, ServerCount: cfg.TunnelServerCount}); err != nil {
 			st.Close()
 			return nil, err
 		}

@@ -155,7 +155,10 @@ func New(cfg Config) (*Client, error) {
 func (c *Client) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, addr := range c.cfg.Servers {
-		wg.Go(func() { c.supervise(ctx, addr) })
+		r := &replicas{held: map[int]string{}, slots: 1}
+		var spawn func(slot int)
+		spawn = func(slot int) { wg.Go(func() { c.supervise(ctx, addr, slot, r, spawn) }) }
+		spawn(0)
 	}
 	wg.Wait()
 	c.handlers.Wait()
@@ -165,10 +168,51 @@ func (c *Client) Run(ctx context.Context) error {
 // Connected returns how many tunnels are up (draining ones included).
 func (c *Client) Connected() int { return int(c.connected.Load()) }
 
-// supervise keeps one tunnel to addr: it dials, serves, and when the
-// client certificate changes dials a replacement and drains the old one.
-func (c *Client) supervise(ctx context.Context, addr string) {
-	log := c.log.With("server", addr)
+// replicas tracks, for one server address, which replicas the agent holds
+// tunnels to: behind a load-balanced address each dial may land on any of
+// them, and the servers' hellos say how many there are.
+type replicas struct {
+	mu    sync.Mutex
+	held  map[int]string // slot -> server id
+	want  int            // the largest replica count a server announced
+	slots int            // slots started
+}
+
+// claim records that slot holds a tunnel to server id (one of count). A
+// replica keeps a node's newest tunnel and drains the older one, so when
+// another slot held id, the new tunnel takes it over and that slot, whose
+// tunnel is being drained, dials again for another replica. grow is how
+// many new slots to start so there is one per announced replica.
+func (r *replicas) claim(slot int, id string, count int) (grow int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for s, h := range r.held {
+		if s != slot && h == id {
+			delete(r.held, s)
+		}
+	}
+	r.held[slot] = id
+	r.want = max(r.want, count)
+	if grow = r.want - r.slots; grow > 0 {
+		r.slots = r.want
+	}
+	return grow
+}
+
+func (r *replicas) release(slot int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.held, slot)
+}
+
+// supervise keeps one tunnel, slot, to addr: it dials, serves, and when the
+// client certificate changes dials a replacement and drains the old one. A
+// hello announcing more replicas than there are slots starts more slots;
+// slots whose dials land on the same replica sort themselves out as that
+// replica drains all but the newest tunnel (see claim).
+func (c *Client) supervise(ctx context.Context, addr string, slot int, r *replicas, spawn func(int)) {
+	log := c.log.With("server", addr, "slot", slot)
+	defer r.release(slot)
 	var drains sync.WaitGroup
 	defer drains.Wait()
 	failures := 0
@@ -188,9 +232,14 @@ func (c *Client) supervise(ctx context.Context, addr string) {
 				}
 				continue
 			}
+			grow := r.claim(slot, t.serverID, t.serverCount)
+			for i := range grow {
+				spawn(slot + 1 + i)
+			}
 			failures = 0
 			cur = t
-			log.Info("tunnel connected", "tls_version", tls.VersionName(t.tls.ConnectionState().Version))
+			log.Info("tunnel connected", "replica", t.serverID, "replicas", t.serverCount,
+				"tls_version", tls.VersionName(t.tls.ConnectionState().Version))
 		}
 		tick := c.clock.NewTimer(c.cfg.CertCheckInterval)
 		select {
@@ -200,7 +249,8 @@ func (c *Client) supervise(ctx context.Context, addr string) {
 			return
 		case <-cur.done:
 			tick.Stop()
-			log.Warn("tunnel closed; reconnecting")
+			log.Warn("tunnel closed; reconnecting", "replica", cur.serverID)
+			r.release(slot)
 			cur = nil
 			failures = 1 // the first retry waits a little: the server may be restarting
 			if !c.sleep(ctx, c.backoff(failures)) {
@@ -215,6 +265,7 @@ func (c *Client) supervise(ctx context.Context, addr string) {
 				log.Warn("tunnel with the new client certificate failed; keeping the old one", "err", err)
 				continue
 			}
+			r.claim(slot, next.serverID, next.serverCount)
 			log.Info("client certificate changed; new tunnel up, draining the old one")
 			old := cur
 			cur = next

@@ -43,7 +43,11 @@ func (e *dialError) Unwrap() error { return e.err }
 type tunnelConn struct {
 	tls  *tls.Conn
 	leaf []byte // the client certificate it was opened with (DER)
-	base *http.Server
+	// serverID and serverCount come from the server's hello: which replica
+	// this is, and how many serve behind the address.
+	serverID    string
+	serverCount int
+	base        *http.Server
 	// registered is closed once the HTTP/2 server tracks the connection,
 	// from when a graceful shutdown reaches it.
 	registered chan struct{}
@@ -119,6 +123,12 @@ func (c *Client) dialTLS(ctx context.Context, addr string) (*tunnelConn, error) 
 		conn.SetReadDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	t.serverID, t.serverCount, err = readHello(conn)
+	if err != nil {
+		stop()
+		conn.Close()
+		return nil, &dialError{failRefused, err}
+	}
 	pre := make([]byte, len(http2.ClientPreface))
 	_, err = io.ReadFull(conn, pre)
 	stop()
@@ -133,6 +143,23 @@ func (c *Client) dialTLS(ctx context.Context, addr string) (*tunnelConn, error) 
 	}
 	t.tls = conn
 	return t, nil
+}
+
+// readHello reads the server's hello line byte by byte, so nothing of the
+// HTTP/2 preface behind it is consumed.
+func readHello(r io.Reader) (string, int, error) {
+	var line []byte
+	var b [1]byte
+	for len(line) < tunnelwire.MaxHelloLen {
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			return "", 0, err
+		}
+		line = append(line, b[0])
+		if b[0] == '\n' {
+			return tunnelwire.ParseHello(string(line))
+		}
+	}
+	return "", 0, errors.New("tunnel hello: too long")
 }
 
 // serve serves HTTP/2 on t in a goroutine that closes t.done at the end.

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"slices"
 	"sort"
@@ -57,6 +58,14 @@ func (s *Server) serveAgent(ctx context.Context, conn *tls.Conn) {
 		conn.Close()
 		return
 	}
+	// The server speaks first: its hello line, then the HTTP/2 preface.
+	conn.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout)) // socket deadlines are wall-clock
+	if _, err := io.WriteString(conn, tunnelwire.Hello(s.cfg.ServerID, s.cfg.ServerCount)); err != nil {
+		s.log.Warn("tunnel: hello failed", "node", node, "err", err)
+		conn.Close()
+		return
+	}
+	conn.SetWriteDeadline(time.Time{})
 	hc := tunnelwire.NewBatchWriter(conn)
 	wc := &watchConn{Conn: hc, done: make(chan struct{})}
 	cc, err := s.h2.NewClientConn(wc)

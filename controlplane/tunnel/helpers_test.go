@@ -86,14 +86,18 @@ type cpServer struct {
 
 // startServer runs a tunnel server on addr ("" for any port) and a UNIX
 // socket frontend; it stops at the end of the test or on stop().
-func startServer(t *testing.T, ca *testCA, addr string) *cpServer {
+func startServer(t *testing.T, ca *testCA, addr string, opts ...func(*tunnel.Config)) *cpServer {
 	t.Helper()
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := tunnel.New(tunnel.Config{Certificate: ca.leaf(t, "tunnel-server", nil, true), ClientCAs: ca.pool,
-		Registerer: reg, DialTimeout: 5 * time.Second})
+	cfg := tunnel.Config{Certificate: ca.leaf(t, "tunnel-server", nil, true), ClientCAs: ca.pool,
+		Registerer: reg, DialTimeout: 5 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := tunnel.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,6 +49,12 @@ type Config struct {
 	// registry's); nil means only tunnels' source addresses are used. See
 	// NodeFor.
 	NodeForIP func(netip.Addr) (node string, ok bool)
+	// ServerID names this replica to agents (default: random), and
+	// ServerCount says how many replicas serve behind the agents' address
+	// (default 1): an agent that dials one load-balanced address keeps
+	// dialing until it holds a tunnel to ServerCount distinct ServerIDs.
+	ServerID    string
+	ServerCount int
 
 	// HandshakeTimeout bounds the TLS handshake of accepted connections
 	// (default 10s).
@@ -101,6 +109,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AuthorizeFrontend == nil {
 		cfg.AuthorizeFrontend = DefaultAuthorizeFrontend
 	}
+	if cfg.ServerID == "" {
+		cfg.ServerID = rand.Text()[:12]
+	}
+	if strings.ContainsAny(cfg.ServerID, " \n") || len(cfg.ServerID) > 64 {
+		return nil, fmt.Errorf("%w: ServerID %q must be a short word", ErrConfig, cfg.ServerID)
+	}
+	cfg.ServerCount = max(cfg.ServerCount, 1)
 	s := &Server{cfg: cfg, log: cfg.Logger, clock: clock.Or(cfg.Clock), agents: map[string][]*agentConn{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

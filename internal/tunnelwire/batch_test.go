@@ -79,3 +79,15 @@ func TestBatchConnReadsIntactUnderConcurrency(t *testing.T) {
 		}
 	}
 }
+
+func TestHello(t *testing.T) {
+	id, n, err := ParseHello(Hello("cp-a1", 3))
+	if err != nil || id != "cp-a1" || n != 3 {
+		t.Fatalf("round trip: %q %d %v", id, n, err)
+	}
+	for _, bad := range []string{"", "PRI * HTTP/2.0\r\n", "NODETRUST-TUNNEL id= count=1\n", "NODETRUST-TUNNEL id=x count=0\n", "NODETRUST-TUNNEL id=x count=2"} {
+		if _, _, err := ParseHello(bad); err == nil {
+			t.Errorf("ParseHello(%q) accepted", bad)
+		}
+	}
+}

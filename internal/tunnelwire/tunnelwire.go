@@ -12,6 +12,8 @@
 package tunnelwire
 
 import (
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -95,3 +97,29 @@ const (
 	KeepAlive   = 15 * time.Second
 	PingTimeout = 10 * time.Second
 )
+
+// The server speaks first on a tunnel: before its HTTP/2 preface it sends
+// one hello line, "NODETRUST-TUNNEL id=<server id> count=<replicas>\n", so
+// an agent that reaches the servers through one load-balanced address can
+// tell replicas apart and keep a tunnel to each of the count of them.
+const helloPrefix = "NODETRUST-TUNNEL "
+
+// MaxHelloLen bounds the hello line.
+const MaxHelloLen = 256
+
+// Hello formats the hello line of server id among count replicas.
+func Hello(id string, count int) string {
+	return fmt.Sprintf("%sid=%s count=%d\n", helloPrefix, id, max(count, 1))
+}
+
+// ParseHello parses a hello line (with its newline).
+func ParseHello(line string) (id string, count int, err error) {
+	rest, ok := strings.CutPrefix(line, helloPrefix)
+	if !ok || !strings.HasSuffix(rest, "\n") {
+		return "", 0, errors.New("tunnel hello: not a nodetrust tunnel server")
+	}
+	if _, err := fmt.Sscanf(strings.TrimSuffix(rest, "\n"), "id=%s count=%d", &id, &count); err != nil || id == "" || count < 1 || count > 1000 {
+		return "", 0, fmt.Errorf("tunnel hello: malformed %q", strings.TrimSpace(line))
+	}
+	return id, count, nil
+}
