@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/metadata"
+	"github.com/nodetrust/nodetrust/test/attacks"
 )
 
 // FuzzPodViewConceals sends fuzzed request-targets (path and query, or an
@@ -22,8 +23,8 @@ import (
 //
 // Under plain go test the seeds (the attack suite) run as a normal test.
 func FuzzPodViewConceals(f *testing.F) {
-	for _, a := range attacks {
-		f.Add(a.target)
+	for _, a := range attacks.List() {
+		f.Add(a.Target)
 	}
 	for _, s := range []string{
 		"/", "/computeMetadata/", v1, attrs + "cluster-location",

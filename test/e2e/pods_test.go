@@ -3,96 +3,53 @@
 package e2e
 
 import (
-	"bufio"
-	"context"
+	"encoding/base64"
 	"fmt"
-	"io"
 	"net"
-	"strings"
+	"net/http"
 	"testing"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/attacks"
 )
 
-// podAttacks are request targets (sent verbatim) with which a pod tries to
-// read the node's secrets: direct paths in many spellings, listings,
-// recursive dumps at every level in JSON and text, long-polls, legacy
-// endpoints, tokens and forwarding headers.
-var podAttacks = []struct{ target, extra string }{
-	{"/computeMetadata/v1/instance/attributes/kube-env", ""},
-	{"/computeMetadata/v1/instance/attributes/nodetrust-bootstrap-token", ""},
-	{"/computeMetadata/v1/instance/attributes/kube-env?alt=json", ""},
-	{"/computeMetadata/v1/instance/attributes/kube-env/", ""},
-	{"/computeMetadata/v1/instance/attributes/KUBE-ENV", ""},
-	{"/computeMetadata/v1/instance/attributes/%6b%75%62%65-env", ""},
-	{"/computeMetadata/v1/instance/attributes/nodetrust%2dbootstrap%2dtoken", ""},
-	{"/computeMetadata/v1/instance/attributes//kube-env", ""},
-	{"/computeMetadata/v1/instance/attributes%2Fkube-env", ""},
-	{"/computeMetadata/v1/instance/../instance/attributes/kube-env", ""},
-	{"/computeMetadata/v1/instance/attributes/kube-env%00", ""},
-	{"/computeMetadata/v1/instance/attributes/kube-env;x", ""},
-	{"/computeMetadata/v1/project/attributes/kube-env", ""},
-	{"/computeMetadata/v1/instance/attributes/", ""},
-	{"/computeMetadata/v1/instance/attributes/?recursive=true", ""},
-	{"/computeMetadata/v1/instance/attributes/?recursive=true&alt=text", ""},
-	{"/computeMetadata/v1/instance/?recursive=true", ""},
-	{"/computeMetadata/v1/instance/?recursive=true&alt=text", ""},
-	{"/computeMetadata/v1/?recursive=true", ""},
-	{"/computeMetadata/v1/?recursive=true&alt=text", ""},
-	{"/computeMetadata/v1/project/?recursive=true", ""},
-	{"/?recursive=true", ""},
-	{"/computeMetadata/v1/instance/attributes/?recursive=true&wait_for_change=true&last_etag=NONE", ""},
-	{"/computeMetadata/v1/?recursive=true&alt=json&wait_for_change=true&last_etag=NONE&timeout_sec=5", ""},
-	{"/computeMetadata/v1/instance/attributes/kube-env?wait_for_change=true&last_etag=NONE", ""},
-	{"/computeMetadata/v1beta1/instance/attributes/kube-env", ""},
-	{"/computeMetadata/v1beta1/instance/attributes/?recursive=true", ""},
-	{"/0.1/meta-data/attributes/kube-env", ""},
-	{"/0.1/meta-data/attributes/?recursive=true", ""},
-	{"/computeMetadata/v1/instance/service-accounts/default/token", ""},
-	{"/computeMetadata/v1/instance/service-accounts/default/identity?audience=x", ""},
-	{"/computeMetadata/v1/instance/service-accounts/?recursive=true", ""},
-	{"http://169.254.169.254/computeMetadata/v1/instance/attributes/kube-env", ""},
-	{"/computeMetadata/v1/instance/attributes/kube-env", "X-Forwarded-For: 10.77.0.11\r\n"},
-	{"/computeMetadata/v1/?recursive=true", "X-Forwarded-For: 10.77.0.11\r\n"},
-	{"/computeMetadata/v1/?recursive=true", "Forwarded: for=10.77.0.11\r\n"},
-	{"/computeMetadata/v1/instance/attributes/kube-env", "X-Real-IP: 10.77.0.11\r\n"},
+// podSecrets are what no answer to a pod of node n may contain: the
+// bootstrap secrets and any node's access token (values), and the
+// concealed attribute names (matched without regard to case).
+func podSecrets(c *Cluster, n *Node) (values, keys []string) {
+	return []string{c.Token, "CA_CERT", base64.StdEncoding.EncodeToString(c.CAPEM), "ya29.e2e-"},
+		[]string{"kube-env", "nodetrust-bootstrap-token"}
 }
 
-// rawMetadataRequest sends one request with target as written, from ns,
-// and returns the whole answer (status line, headers and body).
-func rawMetadataRequest(ns *Namespace, target, extra string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	conn, err := ns.DialContext(ctx, "tcp", net.JoinHostPort(MetadataIP, "80"))
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(15 * time.Second))
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: metadata.google.internal\r\nMetadata-Flavor: Google\r\n%sConnection: close\r\n\r\n", target, extra)
-	b, err := io.ReadAll(io.LimitReader(bufio.NewReader(conn), 4<<20))
-	return string(b), err
-}
-
-// podSecrets are what no answer to a pod may contain.
-func podSecrets(c *Cluster, n *Node) []string {
-	return []string{c.Token, "kube-env", "CA_CERT", "nodetrust-bootstrap-token", "ya29.e2e-" + n.Name}
-}
-
-// attackFromPod runs podAttacks from pod p of node n.
+// attackFromPod runs the whole shared attack suite (test/attacks, which the
+// metadata unit tests run too) from pod p of node n against the metadata
+// address. Each attack must get the status the unit tests expect (the
+// node-local server answers as the metadata server does; the real one,
+// which answers pods 403, must not be reached), Metadata-Flavor: Google,
+// and nothing of podSecrets in its status line, headers or body.
 func attackFromPod(t *testing.T, c *Cluster, n *Node, p *PodNet) {
 	t.Helper()
-	for _, a := range podAttacks {
-		got, err := rawMetadataRequest(p.NS, a.target, a.extra)
+	values, keys := podSecrets(c, n)
+	addr := net.JoinHostPort(MetadataIP, "80")
+	list := attacks.List()
+	for _, a := range list {
+		resp, err := attacks.Send(p.NS.DialContext, addr, a, 15*time.Second)
 		if err != nil {
-			t.Errorf("pod %s of %s: %s: %v", p.IP, n.Name, a.target, err)
+			t.Errorf("pod %s of %s: %s: no HTTP answer: %v", p.IP, n.Name, a.Name, err)
 			continue
 		}
-		for _, s := range podSecrets(c, n) {
-			if strings.Contains(got, s) {
-				t.Errorf("pod %s of %s: %s %q: the answer contains %q:\n%s", p.IP, n.Name, a.target, a.extra, s, got)
-			}
+		got := fmt.Sprintf("%d %s\n%s\n%s", resp.Status, http.StatusText(resp.Status), resp.HeaderText(), resp.Body)
+		if l := attacks.Leaks(got, values, keys); len(l) > 0 {
+			t.Errorf("pod %s of %s: %s (%s %s %q): the answer reveals %q:\n%s", p.IP, n.Name, a.Name, a.MethodOf(), a.Target, a.Extra, l, got)
+		}
+		if a.Want != 0 && resp.Status != a.Want {
+			t.Errorf("pod %s of %s: %s (%s %s %q): HTTP %d, want %d:\n%s", p.IP, n.Name, a.Name, a.MethodOf(), a.Target, a.Extra, resp.Status, a.Want, got)
+		}
+		if f := resp.Header.Get("Metadata-Flavor"); f != "Google" {
+			t.Errorf("pod %s of %s: %s: Metadata-Flavor %q, want Google", p.IP, n.Name, a.Name, f)
 		}
 	}
+	t.Logf("pod %s of %s: %d attacks, none revealed anything", p.IP, n.Name, len(list))
 }
 
 // waitPodServed waits until pod p gets its node's name from the metadata
