@@ -13,6 +13,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/agent"
 	"github.com/nodetrust/nodetrust/internal/clock"
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 	"github.com/nodetrust/nodetrust/test/harness"
 )
 
@@ -31,7 +32,7 @@ type fleetResult struct {
 	total     time.Duration
 	per       []time.Duration
 	maxFDs    int
-	cpu       cpuUse
+	cpu       benchkit.CPUUse
 	base      fleetBase
 }
 
@@ -42,7 +43,7 @@ type fleetBase struct {
 	firstErr error
 	total    time.Duration
 	per      []time.Duration
-	cpu      cpuUse
+	cpu      benchkit.CPUUse
 }
 
 // benchFleet bootstraps o.agents agents at once, in this process, against
@@ -61,13 +62,13 @@ func benchFleet(o options) (*fleetResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &fleetResult{n: o.agents, envStart: time.Since(t0), stateIn: o.fleetIn, tmpfs: isTmpfs(o.fleetIn)}
+	r := &fleetResult{n: o.agents, envStart: time.Since(t0), stateIn: o.fleetIn, tmpfs: benchkit.IsTmpfs(o.fleetIn)}
 	// The baseline runs before and after the agents; the faster run (the
 	// less disturbed by other work on the machine) is reported.
-	waitQuiet(o.quiet)
+	benchkit.WaitQuiet(o.quiet)
 	r.base = fleetBaseline(o.agents, env.APIURL+"/healthz", env.CAPEM)
 	defer func() {
-		waitQuiet(o.quiet)
+		benchkit.WaitQuiet(o.quiet)
 		if b := fleetBaseline(o.agents, env.APIURL+"/healthz", env.CAPEM); b.total < r.base.total {
 			r.base = b
 		}
@@ -94,7 +95,7 @@ func benchFleet(o options) (*fleetResult, error) {
 	go func() {
 		m := 0
 		for {
-			m = max(m, openFiles())
+			m = max(m, benchkit.OpenFiles())
 			select {
 			case <-stopFDs:
 				fds <- m
@@ -118,18 +119,18 @@ func benchFleet(o options) (*fleetResult, error) {
 		})
 	}
 	time.Sleep(100 * time.Millisecond) // let every goroutine park on release
-	r.quiet = waitQuiet(o.quiet)
+	r.quiet = benchkit.WaitQuiet(o.quiet)
 	stopProfile, err := startProfile(o.profile)
 	if err != nil {
 		return nil, err
 	}
-	c0 := sampleCPU()
+	c0 := benchkit.SampleCPU()
 	start = time.Now()
 	close(release)
 	wg.Wait()
 	r.total = time.Since(start)
 	stopProfile()
-	r.cpu = cpuBetween(c0, sampleCPU())
+	r.cpu = benchkit.CPUBetween(c0, benchkit.SampleCPU())
 	close(stopFDs)
 	r.maxFDs = <-fds
 
@@ -166,12 +167,12 @@ func fleetBaseline(n int, url string, caPEM []byte) fleetBase {
 		})
 	}
 	time.Sleep(100 * time.Millisecond)
-	c0 := sampleCPU()
+	c0 := benchkit.SampleCPU()
 	start = time.Now()
 	close(release)
 	wg.Wait()
 	b.total = time.Since(start)
-	b.cpu = cpuBetween(c0, sampleCPU())
+	b.cpu = benchkit.CPUBetween(c0, benchkit.SampleCPU())
 	for _, err := range errs {
 		if err != nil {
 			b.failed++

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 	"github.com/nodetrust/nodetrust/test/harness"
 )
 
@@ -26,9 +27,9 @@ type idleResult struct {
 }
 
 type idleProc struct {
-	start, end memStat // at the start and the end of the window
-	maxRSS     int64   // over the window, sampled each second
-	cpu        float64 // CPUs over the window
+	start, end benchkit.Mem // at the start and the end of the window
+	maxRSS     int64        // over the window, sampled each second
+	cpu        float64      // CPUs over the window
 }
 
 // benchIdle starts `nodetrust agent` (long-running, with its metrics
@@ -36,7 +37,7 @@ type idleProc struct {
 // credentials, then watches both for o.idle.
 func benchIdle(o options, env *harness.Env) (*idleResult, error) {
 	dir := filepath.Join(o.dir, "idle")
-	quiet := waitQuiet(o.quiet)
+	quiet := benchkit.WaitQuiet(o.quiet)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -47,33 +48,33 @@ func benchIdle(o options, env *harness.Env) (*idleResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	ag, err := startChild("nodetrust agent", filepath.Join(dir, "agent.log"), o.bin, "agent", "--config", cfg)
+	ag, err := benchkit.StartChild("nodetrust agent", filepath.Join(dir, "agent.log"), o.bin, "agent", "--config", cfg)
 	if err != nil {
 		return nil, err
 	}
-	defer ag.stop()
-	base, err := startChild("baseline sleep", filepath.Join(dir, "baseline.log"), o.baseline, "sleep")
+	defer ag.Stop()
+	base, err := benchkit.StartChild("baseline sleep", filepath.Join(dir, "baseline.log"), o.baseline, "sleep")
 	if err != nil {
 		return nil, err
 	}
-	defer base.stop()
+	defer base.Stop()
 
 	r := &idleResult{quiet: quiet}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := os.Stat(filepath.Join(state, credFile)); err == nil {
-			r.toCreds = time.Since(ag.started)
+			r.toCreds = time.Since(ag.Started())
 			break
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
 		select {
-		case <-ag.exited:
-			return nil, fmt.Errorf("agent exited: %v\n%s", ag.err, ag.logTail())
+		case <-ag.Exited():
+			return nil, fmt.Errorf("agent exited: %v\n%s", ag.Err(), ag.LogTail())
 		case <-time.After(2 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no credentials after 30s\n%s", ag.logTail())
+			return nil, fmt.Errorf("no credentials after 30s\n%s", ag.LogTail())
 		}
 	}
 	if err := checkCredentials(state, env.Nodes[0]); err != nil {
@@ -82,33 +83,33 @@ func benchIdle(o options, env *harness.Env) (*idleResult, error) {
 	// The file appears just before the agent writes its kubeconfig and status
 	// and returns to its loop; /healthz answering 200 means it is there.
 	if err := waitHealthy("http://"+metrics+"/healthz", 10*time.Second); err != nil {
-		return nil, fmt.Errorf("%w\n%s", err, ag.logTail())
+		return nil, fmt.Errorf("%w\n%s", err, ag.LogTail())
 	}
 
-	pids := []int{ag.pid(), base.pid()}
+	pids := []int{ag.PID(), base.PID()}
 	procs := []*idleProc{&r.agent, &r.base}
 	for i, p := range pids {
-		if procs[i].start, err = readMem(p); err != nil {
+		if procs[i].start, err = benchkit.ReadMem(p); err != nil {
 			return nil, err
 		}
 	}
-	c0 := sampleCPU(pids...)
-	end := c0.at.Add(o.idle)
+	c0 := benchkit.SampleCPU(pids...)
+	end := c0.At.Add(o.idle)
 	for time.Now().Before(end) {
 		time.Sleep(min(time.Second, time.Until(end)))
 		for i, p := range pids {
-			m, err := readMem(p)
+			m, err := benchkit.ReadMem(p)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", []string{"agent", "baseline"}[i], err)
 			}
-			procs[i].maxRSS = max(procs[i].maxRSS, m.rss)
+			procs[i].maxRSS = max(procs[i].maxRSS, m.RSS)
 			procs[i].end = m
 		}
 	}
-	u := cpuBetween(c0, sampleCPU(pids...))
+	u := benchkit.CPUBetween(c0, benchkit.SampleCPU(pids...))
 	r.window = o.idle
-	r.agent.cpu, r.base.cpu, r.foreign = u.pids[0], u.pids[1], u.foreign
-	r.stopTook, r.stopErr = ag.stop()
+	r.agent.cpu, r.base.cpu, r.foreign = u.Procs[0], u.Procs[1], u.Foreign
+	r.stopTook, r.stopErr = ag.Stop()
 	return r, nil
 }
 

@@ -44,13 +44,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/nodetrust/nodetrust/internal/clock"
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 	"github.com/nodetrust/nodetrust/test/harness"
 )
 
@@ -95,7 +95,7 @@ func run() int {
 		return 2
 	}
 
-	nofile := raiseNoFile()
+	nofile := benchkit.RaiseNoFile()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -119,7 +119,7 @@ func run() int {
 	} else {
 		onCleanUp(func() { os.RemoveAll(dir) })
 	}
-	if o.fleetIn == "" && isTmpfs("/dev/shm") {
+	if o.fleetIn == "" && benchkit.IsTmpfs("/dev/shm") {
 		o.fleetIn = "/dev/shm"
 	}
 	if o.fleetIn == "" {
@@ -139,7 +139,7 @@ func run() int {
 		return fail(err)
 	}
 
-	rep := &report{opts: o, started: time.Now(), load: loadAvg(), nofile: nofile}
+	rep := &report{opts: o, started: time.Now(), load: benchkit.LoadAvg(), nofile: nofile}
 	if o.only == "" || o.only == "start" || o.only == "idle" {
 		t := newBenchT()
 		env, err := startEnv(t, nil)
@@ -231,7 +231,7 @@ func onCleanUp(f func()) { live.root.Cleanup(f) }
 // cleanUp stops every child process, stops every harness (waiting at most
 // limit) and then runs the bench's own cleanups (temporary folders).
 func cleanUp(limit time.Duration) {
-	stopAll()
+	benchkit.StopAll()
 	live.Lock()
 	var ts []*benchT
 	for t := range live.set {
@@ -297,8 +297,4 @@ func goBuild(out, pkg string) error {
 		return fmt.Errorf("go build %s: %w", pkg, err)
 	}
 	return nil
-}
-
-func machine() string {
-	return fmt.Sprintf("%s %s/%s, %d CPUs, GOMAXPROCS %d", runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0))
 }

@@ -3,12 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
-	"math"
 	"runtime"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 )
 
 // Targets from the issue.
@@ -28,74 +28,36 @@ type report struct {
 	fleet   *fleetResult
 }
 
-type verdict struct {
-	name string
-	ok   bool
-}
-
-func (r *report) verdicts() []verdict {
-	var v []verdict
+func (r *report) verdicts() []benchkit.Verdict {
+	var v []benchkit.Verdict
 	if s := r.start; s != nil {
-		v = append(v, verdict{"start to credentials (process) p50 < 150 ms", pct(s.proc, 0.5) < targetStart})
+		v = append(v, benchkit.Verdict{Name: "start to credentials (process) p50 < 150 ms", OK: benchkit.Pct(s.proc, 0.5) < targetStart})
 	}
 	if i := r.idle; i != nil {
-		v = append(v, verdict{"idle agent RSS < 30 MB", i.agent.maxRSS < targetRSS && i.agent.end.rss < targetRSS})
+		v = append(v, benchkit.Verdict{Name: "idle agent RSS < 30 MB", OK: i.agent.maxRSS < targetRSS && i.agent.end.RSS < targetRSS})
 	}
 	if f := r.fleet; f != nil {
-		v = append(v, verdict{fmt.Sprintf("%d agents at once, zero failures", f.n), f.failed == 0 && f.ok == f.n && f.attempts == 0})
+		v = append(v, benchkit.Verdict{Name: fmt.Sprintf("%d agents at once, zero failures", f.n), OK: f.failed == 0 && f.ok == f.n && f.attempts == 0})
 	}
 	return v
 }
 
-func (r *report) pass() bool {
-	for _, v := range r.verdicts() {
-		if !v.ok {
-			return false
-		}
-	}
-	return true
-}
-
-// pct is the nearest-rank percentile p (0-1] of ds.
-func pct(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := int(math.Ceil(p*float64(len(s)))) - 1
-	return s[min(max(i, 0), len(s)-1)]
-}
-
-func passFail(ok bool) string {
-	if ok {
-		return "PASS"
-	}
-	return "FAIL"
-}
-
-func ratio(a, b float64) string {
-	if b == 0 {
-		return "-"
-	}
-	return fmt.Sprintf("%.2f", a/b)
-}
+func (r *report) pass() bool { return benchkit.AllPass(r.verdicts()) }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
-func mb(b int64) string         { return fmt.Sprintf("%.1f MB", float64(b)/1e6) }
 
 func (r *report) print(w io.Writer) {
 	o := r.opts
 	fmt.Fprintf(w, "\nagentbench %s, %s, load average at start %s, took %v\n",
-		r.started.UTC().Format("2006-01-02 15:04 MST"), machine(), r.load, r.took.Round(time.Second))
+		r.started.UTC().Format("2006-01-02 15:04 MST"), benchkit.Machine(), r.load, r.took.Round(time.Second))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")) }
 	durRow := func(name string, a, b time.Duration, target string, ok bool) {
 		pf := ""
 		if target != "" {
-			pf = passFail(ok)
+			pf = benchkit.PassFail(ok)
 		}
-		row(name, ms(a), ms(b), ratio(float64(a), float64(b)), target, pf)
+		row(name, ms(a), ms(b), benchkit.Ratio(float64(a), float64(b)), target, pf)
 	}
 	if s := r.start; s != nil {
 		fmt.Fprintf(w, "\nStart to credentials: full bootstrap of %s from a fresh state folder, %d timed runs of each, alternating with the baseline (1 untimed warm-up each).\n",
@@ -103,12 +65,12 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "process: exec of `nodetrust agent --once` to exit 0, client certificate checked on disk; baseline: a minimal Go process making one HTTPS GET /healthz to the same API.\n")
 		fmt.Fprintf(w, "in-process: agent.New + Once; baseline: one HTTPS GET /healthz on a new transport (TLS handshake + round trip).\n")
 		row("", "agent", "baseline", "ratio", "target", "")
-		durRow("process p50", pct(s.proc, 0.5), pct(s.procBase, 0.5), "< 150 ms", pct(s.proc, 0.5) < targetStart)
-		durRow("process p90", pct(s.proc, 0.9), pct(s.procBase, 0.9), "", false)
-		durRow("process max", pct(s.proc, 1), pct(s.procBase, 1), "", false)
-		durRow("in-process p50", pct(s.inproc, 0.5), pct(s.inprocBase, 0.5), "", false)
-		durRow("in-process p90", pct(s.inproc, 0.9), pct(s.inprocBase, 0.9), "", false)
-		durRow("in-process max", pct(s.inproc, 1), pct(s.inprocBase, 1), "", false)
+		durRow("process p50", benchkit.Pct(s.proc, 0.5), benchkit.Pct(s.procBase, 0.5), "< 150 ms", benchkit.Pct(s.proc, 0.5) < targetStart)
+		durRow("process p90", benchkit.Pct(s.proc, 0.9), benchkit.Pct(s.procBase, 0.9), "", false)
+		durRow("process max", benchkit.Pct(s.proc, 1), benchkit.Pct(s.procBase, 1), "", false)
+		durRow("in-process p50", benchkit.Pct(s.inproc, 0.5), benchkit.Pct(s.inprocBase, 0.5), "", false)
+		durRow("in-process p90", benchkit.Pct(s.inproc, 0.9), benchkit.Pct(s.inprocBase, 0.9), "", false)
+		durRow("in-process max", benchkit.Pct(s.inproc, 1), benchkit.Pct(s.inprocBase, 1), "", false)
 		tw.Flush()
 		var parts []string
 		for i, name := range stepNames {
@@ -116,25 +78,25 @@ func (r *report) print(w io.Writer) {
 			for _, st := range s.steps {
 				d = append(d, st[i])
 			}
-			parts = append(parts, fmt.Sprintf("%s %s", name, ms(pct(d, 0.5))))
+			parts = append(parts, fmt.Sprintf("%s %s", name, ms(benchkit.Pct(d, 0.5))))
 		}
 		fmt.Fprintf(w, "in-process steps, p50 each: %s\n", strings.Join(parts, ", "))
 		fmt.Fprintf(w, "process start-up and exit, p50 process - p50 in-process: %s; ECDSA P-256 key generation + CSR signature: %.3f ms (median of 200)\n",
-			ms(pct(s.proc, 0.5)-pct(s.inproc, 0.5)), float64(s.keySign)/1e6)
+			ms(benchkit.Pct(s.proc, 0.5)-benchkit.Pct(s.inproc, 0.5)), float64(s.keySign)/1e6)
 		fmt.Fprintf(w, "CPUs during the runs: bench process (server side, in-process agents) %.2f, agent and baseline processes %.2f, other %.2f (%.2f just before)\n",
-			s.cpu.self, s.cpu.children, s.cpu.foreign, s.quiet)
+			s.cpu.Self, s.cpu.Children, s.cpu.Foreign, s.quiet)
 	}
 	if i := r.idle; i != nil {
 		a, b := i.agent, i.base
 		fmt.Fprintf(w, "\nIdle: `nodetrust agent --config` (long-running, metricsListen on) after its bootstrap (credentials on disk %s after exec, /healthz 200),\n", ms(i.toCreds))
 		fmt.Fprintf(w, "watched for %v with no request to it; baseline: a minimal Go process that sleeps, watched over the same window.\n", i.window)
 		row("", "agent", "baseline", "ratio", "target", "")
-		row("RSS idle (VmRSS, end)", mb(a.end.rss), mb(b.end.rss), ratio(float64(a.end.rss), float64(b.end.rss)), "< 30 MB", passFail(a.end.rss < targetRSS && a.maxRSS < targetRSS))
-		row("RSS max in window", mb(a.maxRSS), mb(b.maxRSS), ratio(float64(a.maxRSS), float64(b.maxRSS)), "", "")
-		row("RSS at window start", mb(a.start.rss), mb(b.start.rss), ratio(float64(a.start.rss), float64(b.start.rss)), "", "")
-		row("  of which anonymous", mb(a.end.anon), mb(b.end.anon), ratio(float64(a.end.anon), float64(b.end.anon)), "", "")
-		row("  of which file-backed", mb(a.end.file), mb(b.end.file), ratio(float64(a.end.file), float64(b.end.file)), "", "")
-		row("RSS peak (VmHWM)", mb(a.end.hwm), mb(b.end.hwm), ratio(float64(a.end.hwm), float64(b.end.hwm)), "", "")
+		row("RSS idle (VmRSS, end)", benchkit.MB(a.end.RSS), benchkit.MB(b.end.RSS), benchkit.Ratio(float64(a.end.RSS), float64(b.end.RSS)), "< 30 MB", benchkit.PassFail(a.end.RSS < targetRSS && a.maxRSS < targetRSS))
+		row("RSS max in window", benchkit.MB(a.maxRSS), benchkit.MB(b.maxRSS), benchkit.Ratio(float64(a.maxRSS), float64(b.maxRSS)), "", "")
+		row("RSS at window start", benchkit.MB(a.start.RSS), benchkit.MB(b.start.RSS), benchkit.Ratio(float64(a.start.RSS), float64(b.start.RSS)), "", "")
+		row("  of which anonymous", benchkit.MB(a.end.Anon), benchkit.MB(b.end.Anon), benchkit.Ratio(float64(a.end.Anon), float64(b.end.Anon)), "", "")
+		row("  of which file-backed", benchkit.MB(a.end.File), benchkit.MB(b.end.File), benchkit.Ratio(float64(a.end.File), float64(b.end.File)), "", "")
+		row("RSS peak (VmHWM)", benchkit.MB(a.end.HWM), benchkit.MB(b.end.HWM), benchkit.Ratio(float64(a.end.HWM), float64(b.end.HWM)), "", "")
 		row("CPU idle (of one CPU)", fmt.Sprintf("%.1f%%", 100*a.cpu), fmt.Sprintf("%.1f%%", 100*b.cpu), "", "", "")
 		tw.Flush()
 		stop := fmt.Sprintf("exited 0 %s after SIGTERM", ms(i.stopTook))
@@ -142,7 +104,7 @@ func (r *report) print(w io.Writer) {
 			stop = fmt.Sprintf("SIGTERM: %v", i.stopErr)
 		}
 		fmt.Fprintf(w, "CPU is counted in clock ticks (%.1f%% resolution over the window); other processes used %.2f CPUs in it (%.2f just before); agent %s\n",
-			100/(hz*i.window.Seconds()), i.foreign, i.quiet, stop)
+			100/(benchkit.Hz*i.window.Seconds()), i.foreign, i.quiet, stop)
 	}
 	if f := r.fleet; f != nil {
 		b := f.base
@@ -156,17 +118,17 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "agents' state folders in %s: %s.\n", f.stateIn, where)
 		fmt.Fprintf(w, "baseline: %d HTTPS GET /healthz, each on its own new connection, released together against the same API (run before and after the agents; the faster run).\n", f.n)
 		row("", "agents", "baseline", "ratio", "target", "")
-		row("with credentials", fmt.Sprintf("%d/%d", f.ok, f.n), fmt.Sprintf("%d/%d", f.n-b.failed, f.n), "", "all", passFail(f.ok == f.n && f.failed == 0))
-		row("failed attempts (retried)", fmt.Sprint(f.attempts), "", "", "0", passFail(f.attempts == 0))
+		row("with credentials", fmt.Sprintf("%d/%d", f.ok, f.n), fmt.Sprintf("%d/%d", f.n-b.failed, f.n), "", "all", benchkit.PassFail(f.ok == f.n && f.failed == 0))
+		row("failed attempts (retried)", fmt.Sprint(f.attempts), "", "", "0", benchkit.PassFail(f.attempts == 0))
 		durRow("total (release to last)", f.total, b.total, "", false)
-		durRow("per agent p50", pct(f.per, 0.5), pct(b.per, 0.5), "", false)
-		durRow("per agent p99", pct(f.per, 0.99), pct(b.per, 0.99), "", false)
-		durRow("per agent max", pct(f.per, 1), pct(b.per, 1), "", false)
-		row("agents per second", fmt.Sprintf("%.0f", float64(f.n)/f.total.Seconds()), fmt.Sprintf("%.0f", float64(f.n)/b.total.Seconds()), ratio(b.total.Seconds(), f.total.Seconds()), "", "")
+		durRow("per agent p50", benchkit.Pct(f.per, 0.5), benchkit.Pct(b.per, 0.5), "", false)
+		durRow("per agent p99", benchkit.Pct(f.per, 0.99), benchkit.Pct(b.per, 0.99), "", false)
+		durRow("per agent max", benchkit.Pct(f.per, 1), benchkit.Pct(b.per, 1), "", false)
+		row("agents per second", fmt.Sprintf("%.0f", float64(f.n)/f.total.Seconds()), fmt.Sprintf("%.0f", float64(f.n)/b.total.Seconds()), benchkit.Ratio(b.total.Seconds(), f.total.Seconds()), "", "")
 		tw.Flush()
 		fmt.Fprintf(w, "peak open files of the bench process (both ends of every connection): %d of %d\n", f.maxFDs, r.nofile)
 		fmt.Fprintf(w, "CPUs: agents run, bench %.2f, other %.2f (%.2f just before); baseline run, bench %.2f, other %.2f\n",
-			f.cpu.self, f.cpu.foreign, f.quiet, b.cpu.self, b.cpu.foreign)
+			f.cpu.Self, f.cpu.Foreign, f.quiet, b.cpu.Self, b.cpu.Foreign)
 		if f.firstErr != nil {
 			fmt.Fprintf(w, "%d agents failed, first: %v\n", f.failed, f.firstErr)
 		}
@@ -181,22 +143,20 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "\nNOTE: other processes used up to %.2f of the %d CPUs during a measurement; the numbers are disturbed.\n", d, runtime.NumCPU())
 	}
 	fmt.Fprintln(w)
-	for _, v := range r.verdicts() {
-		fmt.Fprintf(w, "%s  %s\n", passFail(v.ok), v.name)
-	}
+	benchkit.PrintVerdicts(w, r.verdicts())
 }
 
 // disturbed is the most CPUs other processes used during a measurement.
 func (r *report) disturbed() float64 {
 	var d float64
 	if r.start != nil {
-		d = max(d, r.start.cpu.foreign)
+		d = max(d, r.start.cpu.Foreign)
 	}
 	if r.idle != nil {
 		d = max(d, r.idle.foreign)
 	}
 	if r.fleet != nil {
-		d = max(d, r.fleet.cpu.foreign, r.fleet.base.cpu.foreign)
+		d = max(d, r.fleet.cpu.Foreign, r.fleet.base.cpu.Foreign)
 	}
 	return d
 }

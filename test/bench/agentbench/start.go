@@ -22,6 +22,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/agent"
 	"github.com/nodetrust/nodetrust/internal/clock"
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 	"github.com/nodetrust/nodetrust/test/harness"
 )
 
@@ -35,9 +36,9 @@ type startResult struct {
 	proc, procBase     []time.Duration // nodetrust agent --once; baseline https process
 	inproc, inprocBase []time.Duration // agent.New + Once; one HTTPS request in-process
 	steps              [][]time.Duration
-	keySign            time.Duration // P-256 key generation + CSR signature, median
-	cpu                cpuUse        // over the whole measurement
-	quiet              float64       // CPUs other processes used just before
+	keySign            time.Duration   // P-256 key generation + CSR signature, median
+	cpu                benchkit.CPUUse // over the whole measurement
+	quiet              float64         // CPUs other processes used just before
 }
 
 // stepNames are the in-process steps, each ending at a log message of the
@@ -64,9 +65,9 @@ func benchStart(o options, env *harness.Env) (*startResult, error) {
 	if err := os.WriteFile(caFile, env.CAPEM, 0o600); err != nil {
 		return nil, err
 	}
-	r := &startResult{node: env.Nodes[0], quiet: waitQuiet(o.quiet)}
+	r := &startResult{node: env.Nodes[0], quiet: benchkit.WaitQuiet(o.quiet)}
 	api := env.APIURL + "/healthz"
-	cpu0 := sampleCPU()
+	cpu0 := benchkit.SampleCPU()
 	for k := -1; k < o.runs; k++ {
 		d, err := procOnce(o, env, filepath.Join(dir, fmt.Sprintf("proc-%02d", k+1)), r.node)
 		if err != nil {
@@ -96,7 +97,7 @@ func benchStart(o options, env *harness.Env) (*startResult, error) {
 			r.steps = append(r.steps, steps)
 		}
 	}
-	r.cpu = cpuBetween(cpu0, sampleCPU())
+	r.cpu = benchkit.CPUBetween(cpu0, benchkit.SampleCPU())
 	r.keySign = keySignTime(200)
 	return r, nil
 }
@@ -123,11 +124,11 @@ func procOnce(o options, env *harness.Env, dir, node string) (time.Duration, err
 	if err != nil {
 		return 0, err
 	}
-	c, err := startChild("nodetrust agent --once", filepath.Join(dir, "agent.log"), o.bin, "agent", "--once", "--timeout", "30s", "--config", cfg)
+	c, err := benchkit.StartChild("nodetrust agent --once", filepath.Join(dir, "agent.log"), o.bin, "agent", "--once", "--timeout", "30s", "--config", cfg)
 	if err != nil {
 		return 0, err
 	}
-	d, err := c.wait(time.Minute)
+	d, err := c.Wait(time.Minute)
 	if err != nil {
 		return 0, err
 	}
@@ -136,11 +137,11 @@ func procOnce(o options, env *harness.Env, dir, node string) (time.Duration, err
 
 // procBaseline runs the baseline program's one HTTPS request.
 func procBaseline(o options, logPath, url, caFile string) (time.Duration, error) {
-	c, err := startChild("baseline https", logPath, o.baseline, "https", url, caFile)
+	c, err := benchkit.StartChild("baseline https", logPath, o.baseline, "https", url, caFile)
 	if err != nil {
 		return 0, err
 	}
-	return c.wait(time.Minute)
+	return c.Wait(time.Minute)
 }
 
 // inprocOnce bootstraps with agent.New + Once in this process, as the agent
@@ -244,7 +245,7 @@ func keySignTime(n int) time.Duration {
 		}
 		ds[i] = time.Since(t0)
 	}
-	return pct(ds, 0.5)
+	return benchkit.Pct(ds, 0.5)
 }
 
 // stepLog is a slog handler that records when the agent logged each

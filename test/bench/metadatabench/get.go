@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 )
 
 // getResult holds the runs of the GET benchmark.
@@ -33,54 +35,54 @@ func benchGet(o options, dir string) (*getResult, error) {
 	for run := 1; run <= o.runs; run++ {
 		for i := 0; i < 2; i++ {
 			meta := i == 1
-			waitQuiet(5 * time.Second)
-			addr, err := freeAddr()
+			benchkit.WaitQuiet(5 * time.Second)
+			addr, err := benchkit.FreeAddr()
 			if err != nil {
 				return nil, err
 			}
-			var c *child
+			var c *benchkit.Child
 			name := "hello-world baseline"
 			if meta {
 				name = "nodetrust metadata"
-				c, err = startChild(name, filepath.Join(dir, fmt.Sprintf("get-metadata-%d.log", run)), o.bin,
+				c, err = benchkit.StartChild(name, filepath.Join(dir, fmt.Sprintf("get-metadata-%d.log", run)), o.bin,
 					"metadata", "--listen", addr, "--data", dataPath, "--log-level", "warn")
 			} else {
-				c, err = startChild(name, filepath.Join(dir, fmt.Sprintf("get-hello-%d.log", run)), self, helloFlag, addr)
+				c, err = benchkit.StartChild(name, filepath.Join(dir, fmt.Sprintf("get-hello-%d.log", run)), self, helloFlag, addr)
 			}
 			if err != nil {
 				return nil, err
 			}
-			if err := c.waitReady(addr); err != nil {
-				c.stop()
+			if err := c.WaitReady(addr); err != nil {
+				c.Stop()
 				return nil, err
 			}
 			if err := checkGet(addr, req, meta); err != nil {
-				c.stop()
+				c.Stop()
 				return nil, fmt.Errorf("%s: %w", name, err)
 			}
 			fmt.Fprintf(os.Stderr, "GET run %d/%d: %s, %d connections, %v warm-up + %v ... ",
 				run, o.runs, name, o.conns, o.warmup, o.duration)
-			cpuc := make(chan cpuUse, 1)
+			cpuc := make(chan benchkit.CPUUse, 1)
 			go func() {
 				time.Sleep(o.warmup)
-				a := sampleCPU(c.pid())
+				a := benchkit.SampleCPU(c.PID())
 				time.Sleep(o.duration)
-				cpuc <- cpuBetween(a, sampleCPU(c.pid()))
+				cpuc <- benchkit.CPUBetween(a, benchkit.SampleCPU(c.PID()))
 			}()
 			r, err := runLoad(addr, req, o.conns, o.warmup, o.duration)
 			r.cpu = <-cpuc
 			if err == nil {
-				r.mem, err = readMem(c.pid())
+				r.mem, err = benchkit.ReadMem(c.PID())
 			}
-			c.stop()
+			c.Stop()
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", name, err)
 			}
 			fmt.Fprintf(os.Stderr, "%.0f req/s, p50 %v, p99 %v, RSS %s, CPUs: server %.2f, bench %.2f, other %.2f\n",
-				r.rate(), r.p50, r.p99, mb(r.mem.rss), r.cpu.server, r.cpu.self, r.cpu.foreign)
-			if r.cpu.foreign > o.maxOther && reruns > 0 {
+				r.rate(), r.p50, r.p99, benchkit.MB(r.mem.RSS), r.cpu.Proc(0), r.cpu.Self, r.cpu.Foreign)
+			if r.cpu.Foreign > o.maxOther && reruns > 0 {
 				reruns--
-				fmt.Fprintf(os.Stderr, "GET run %d/%d: other processes used %.2f CPUs; running it again\n", run, o.runs, r.cpu.foreign)
+				fmt.Fprintf(os.Stderr, "GET run %d/%d: other processes used %.2f CPUs; running it again\n", run, o.runs, r.cpu.Foreign)
 				res.disturbed++
 				i--
 				continue
@@ -140,12 +142,9 @@ func median(rs []loadResult) loadResult {
 		errs:   int64(pick(func(r loadResult) float64 { return float64(r.errs) })),
 		p50:    time.Duration(pick(func(r loadResult) float64 { return float64(r.p50) })),
 		p99:    time.Duration(pick(func(r loadResult) float64 { return float64(r.p99) })),
-		mem: memStat{
-			rss: int64(pick(func(r loadResult) float64 { return float64(r.mem.rss) })),
-			hwm: int64(pick(func(r loadResult) float64 { return float64(r.mem.hwm) })),
+		mem: benchkit.Mem{
+			RSS: int64(pick(func(r loadResult) float64 { return float64(r.mem.RSS) })),
+			HWM: int64(pick(func(r loadResult) float64 { return float64(r.mem.HWM) })),
 		},
 	}
 }
-
-// mb formats bytes in megabytes (10^6), the unit of the targets.
-func mb(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/1e6) }

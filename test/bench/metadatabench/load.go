@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 )
 
 // loadResult is one measured run of the GET load generator.
@@ -19,8 +21,8 @@ type loadResult struct {
 	errs     int64         // errors and non-200 answers over the whole run
 	window   time.Duration // measured time
 	p50, p99 time.Duration
-	mem      memStat // the server's, read after the run
-	cpu      cpuUse  // during the measured window
+	mem      benchkit.Mem    // the server's, read after the run
+	cpu      benchkit.CPUUse // during the measured window
 }
 
 func (r loadResult) rate() float64 { return float64(r.reqs) / r.window.Seconds() }

@@ -32,9 +32,10 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 )
 
 // helloFlag re-executes this binary as the baseline server; it is not listed
@@ -85,7 +86,7 @@ func run() int {
 		return 2
 	}
 
-	raiseNoFile()
+	benchkit.RaiseNoFile() // for ten thousand client sockets
 	if o.attach != "" {
 		r, err := runLoad(o.attach, getRequest(smallPath), o.conns, o.warmup, o.duration)
 		if err != nil {
@@ -100,10 +101,10 @@ func run() int {
 	go func() {
 		s := <-sig
 		fmt.Fprintf(os.Stderr, "\nmetadatabench: %v: stopping servers\n", s)
-		stopAll()
+		benchkit.StopAll()
 		os.Exit(130)
 	}()
-	defer stopAll()
+	defer benchkit.StopAll()
 
 	if err := ensureBinary(&o); err != nil {
 		fmt.Fprintln(os.Stderr, "metadatabench:", err)
@@ -124,14 +125,14 @@ func run() int {
 	rep := &report{opts: o, started: start}
 	if o.only != "watch" {
 		if rep.get, err = benchGet(o, dir); err != nil {
-			stopAll()
+			benchkit.StopAll()
 			fmt.Fprintln(os.Stderr, "metadatabench: GET benchmark:", err)
 			return 2
 		}
 	}
 	if o.only != "get" {
 		if rep.watch, err = benchWatch(o, dir); err != nil {
-			stopAll()
+			benchkit.StopAll()
 			fmt.Fprintln(os.Stderr, "metadatabench: watch benchmark:", err)
 			return 2
 		}
@@ -142,27 +143,6 @@ func run() int {
 		return 1
 	}
 	return 0
-}
-
-// raiseNoFile lifts the soft open-files limit to the hard one (Go does it at
-// start-up too; this makes it explicit), for ten thousand client sockets.
-func raiseNoFile() {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return
-	}
-	if lim.Cur < lim.Max {
-		lim.Cur = lim.Max
-		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
-	}
-}
-
-func noFileLimit() uint64 {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0
-	}
-	return lim.Cur
 }
 
 // ensureBinary builds the nodetrust binary when -bin names no file.
@@ -183,8 +163,4 @@ func ensureBinary(o *options) error {
 	abs, err := filepath.Abs(o.bin)
 	o.bin = abs
 	return err
-}
-
-func machine() string {
-	return fmt.Sprintf("%s %s/%s, %d CPUs, GOMAXPROCS %d", runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0))
 }

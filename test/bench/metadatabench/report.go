@@ -7,6 +7,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 )
 
 // Targets from the issue.
@@ -25,49 +27,23 @@ type report struct {
 	watch   *watchResult
 }
 
-type verdict struct {
-	name string
-	ok   bool
-}
-
-func (r *report) verdicts() []verdict {
-	var v []verdict
+func (r *report) verdicts() []benchkit.Verdict {
+	var v []benchkit.Verdict
 	if r.get != nil {
 		h, m := median(r.get.hello), median(r.get.meta)
 		v = append(v,
-			verdict{"GET req/s >= 60% of baseline", m.rate() >= targetRatio*h.rate()},
-			verdict{"GET req/s >= 25,000", m.rate() >= targetRate})
+			benchkit.Verdict{Name: "GET req/s >= 60% of baseline", OK: m.rate() >= targetRatio*h.rate()},
+			benchkit.Verdict{Name: "GET req/s >= 25,000", OK: m.rate() >= targetRate})
 	}
 	if w := r.watch; w != nil {
 		v = append(v,
-			verdict{"watchers RSS < 150 MB", w.meta.parked.rss < targetWatchMB},
-			verdict{"all watchers woken < 1 s", w.meta.errs == 0 && w.meta.woken == w.meta.n && w.meta.max < targetWake})
+			benchkit.Verdict{Name: "watchers RSS < 150 MB", OK: w.meta.parked.RSS < targetWatchMB},
+			benchkit.Verdict{Name: "all watchers woken < 1 s", OK: w.meta.errs == 0 && w.meta.woken == w.meta.n && w.meta.max < targetWake})
 	}
 	return v
 }
 
-func (r *report) pass() bool {
-	for _, v := range r.verdicts() {
-		if !v.ok {
-			return false
-		}
-	}
-	return true
-}
-
-func passFail(ok bool) string {
-	if ok {
-		return "PASS"
-	}
-	return "FAIL"
-}
-
-func ratio(a, b float64) string {
-	if b == 0 {
-		return "-"
-	}
-	return fmt.Sprintf("%.2f", a/b)
-}
+func (r *report) pass() bool { return benchkit.AllPass(r.verdicts()) }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }
 
@@ -85,7 +61,7 @@ func thousands(f float64) string {
 
 func (r *report) print(w io.Writer) {
 	o := r.opts
-	fmt.Fprintf(w, "\nmetadatabench %s, %s, took %v\n", r.started.UTC().Format("2006-01-02 15:04 MST"), machine(), r.took.Round(time.Second))
+	fmt.Fprintf(w, "\nmetadatabench %s, %s, took %v\n", r.started.UTC().Format("2006-01-02 15:04 MST"), benchkit.Machine(), r.took.Round(time.Second))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")) }
 	if g := r.get; g != nil {
@@ -95,17 +71,17 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "metadata: GET %s (%d-byte value) from a host address; baseline: net/http hello world (%d-byte body).\n",
 			smallPath, len(smallValue), len(helloBody))
 		row("", "metadata", "baseline", "ratio", "target", "")
-		row("requests/s", thousands(m.rate()), thousands(h.rate()), ratio(m.rate(), h.rate()),
-			fmt.Sprintf(">= %.2f of baseline", targetRatio), passFail(m.rate() >= targetRatio*h.rate()))
-		row("", "", "", "", ">= "+thousands(targetRate)+" req/s", passFail(m.rate() >= targetRate))
-		row("latency p50", ms(m.p50), ms(h.p50), ratio(float64(m.p50), float64(h.p50)), "", "")
-		row("latency p99", ms(m.p99), ms(h.p99), ratio(float64(m.p99), float64(h.p99)), "", "")
-		row("server RSS after run", mb(m.mem.rss), mb(h.mem.rss), ratio(float64(m.mem.rss), float64(h.mem.rss)), "", "")
+		row("requests/s", thousands(m.rate()), thousands(h.rate()), benchkit.Ratio(m.rate(), h.rate()),
+			fmt.Sprintf(">= %.2f of baseline", targetRatio), benchkit.PassFail(m.rate() >= targetRatio*h.rate()))
+		row("", "", "", "", ">= "+thousands(targetRate)+" req/s", benchkit.PassFail(m.rate() >= targetRate))
+		row("latency p50", ms(m.p50), ms(h.p50), benchkit.Ratio(float64(m.p50), float64(h.p50)), "", "")
+		row("latency p99", ms(m.p99), ms(h.p99), benchkit.Ratio(float64(m.p99), float64(h.p99)), "", "")
+		row("server RSS after run", benchkit.MB(m.mem.RSS), benchkit.MB(h.mem.RSS), benchkit.Ratio(float64(m.mem.RSS), float64(h.mem.RSS)), "", "")
 		tw.Flush()
 		runs := func(rs []loadResult) string {
 			var s []string
 			for _, x := range rs {
-				s = append(s, fmt.Sprintf("%s (server %.2f, other %.2f CPUs)", thousands(x.rate()), x.cpu.server, x.cpu.foreign))
+				s = append(s, fmt.Sprintf("%s (server %.2f, other %.2f CPUs)", thousands(x.rate()), x.cpu.Proc(0), x.cpu.Foreign))
 			}
 			return strings.Join(s, ", ")
 		}
@@ -123,22 +99,22 @@ func (r *report) print(w io.Writer) {
 			m.n, o.instances, o.instances)
 		fmt.Fprintf(w, "metadata: data file rewritten + SIGHUP; baseline: net/http handlers blocked on a channel closed on SIGHUP.\n")
 		row("", "metadata", "baseline", "ratio", "target", "")
-		row("RSS, all parked", mb(m.parked.rss), mb(h.parked.rss), ratio(float64(m.parked.rss), float64(h.parked.rss)),
-			"< 150 MB", passFail(m.parked.rss < targetWatchMB))
-		row("RSS peak (VmHWM)", mb(m.parked.hwm), mb(h.parked.hwm), ratio(float64(m.parked.hwm), float64(h.parked.hwm)), "", "")
-		per := func(r watchRun) float64 { return float64(r.parked.rss-r.idle.rss) / float64(r.n) }
-		row("RSS per long-poll", fmt.Sprintf("%.1f KB", per(m)/1e3), fmt.Sprintf("%.1f KB", per(h)/1e3), ratio(per(m), per(h)), "", "")
-		row("RSS idle (before)", mb(m.idle.rss), mb(h.idle.rss), ratio(float64(m.idle.rss), float64(h.idle.rss)), "", "")
-		row("time to park all", ms(m.setup), ms(h.setup), ratio(float64(m.setup), float64(h.setup)), "", "")
+		row("RSS, all parked", benchkit.MB(m.parked.RSS), benchkit.MB(h.parked.RSS), benchkit.Ratio(float64(m.parked.RSS), float64(h.parked.RSS)),
+			"< 150 MB", benchkit.PassFail(m.parked.RSS < targetWatchMB))
+		row("RSS peak (VmHWM)", benchkit.MB(m.parked.HWM), benchkit.MB(h.parked.HWM), benchkit.Ratio(float64(m.parked.HWM), float64(h.parked.HWM)), "", "")
+		per := func(r watchRun) float64 { return float64(r.parked.RSS-r.idle.RSS) / float64(r.n) }
+		row("RSS per long-poll", fmt.Sprintf("%.1f KB", per(m)/1e3), fmt.Sprintf("%.1f KB", per(h)/1e3), benchkit.Ratio(per(m), per(h)), "", "")
+		row("RSS idle (before)", benchkit.MB(m.idle.RSS), benchkit.MB(h.idle.RSS), benchkit.Ratio(float64(m.idle.RSS), float64(h.idle.RSS)), "", "")
+		row("time to park all", ms(m.setup), ms(h.setup), benchkit.Ratio(float64(m.setup), float64(h.setup)), "", "")
 		row("server CPU, all parked", fmt.Sprintf("%.1f%%", 100*m.parkedCPU), fmt.Sprintf("%.1f%%", 100*h.parkedCPU), "", "", "")
-		row("answered with new value", fmt.Sprintf("%d/%d", m.woken, m.n), fmt.Sprintf("%d/%d", h.woken, h.n), "", "all", passFail(m.errs == 0 && m.woken == m.n))
-		row("wake latency first", ms(m.first), ms(h.first), ratio(float64(m.first), float64(h.first)), "", "")
-		row("wake latency p50", ms(m.p50), ms(h.p50), ratio(float64(m.p50), float64(h.p50)), "", "")
-		row("wake latency p99", ms(m.p99), ms(h.p99), ratio(float64(m.p99), float64(h.p99)), "", "")
-		row("wake latency max", ms(m.max), ms(h.max), ratio(float64(m.max), float64(h.max)), "< 1 s", passFail(m.max < targetWake))
+		row("answered with new value", fmt.Sprintf("%d/%d", m.woken, m.n), fmt.Sprintf("%d/%d", h.woken, h.n), "", "all", benchkit.PassFail(m.errs == 0 && m.woken == m.n))
+		row("wake latency first", ms(m.first), ms(h.first), benchkit.Ratio(float64(m.first), float64(h.first)), "", "")
+		row("wake latency p50", ms(m.p50), ms(h.p50), benchkit.Ratio(float64(m.p50), float64(h.p50)), "", "")
+		row("wake latency p99", ms(m.p99), ms(h.p99), benchkit.Ratio(float64(m.p99), float64(h.p99)), "", "")
+		row("wake latency max", ms(m.max), ms(h.max), benchkit.Ratio(float64(m.max), float64(h.max)), "< 1 s", benchkit.PassFail(m.max < targetWake))
 		tw.Flush()
 		fmt.Fprintf(w, "CPUs from change to last answer: metadata server %.2f, bench %.2f, other %.2f; baseline server %.2f, bench %.2f, other %.2f\n",
-			m.wakeCPU.server, m.wakeCPU.self, m.wakeCPU.foreign, h.wakeCPU.server, h.wakeCPU.self, h.wakeCPU.foreign)
+			m.wakeCPU.Proc(0), m.wakeCPU.Self, m.wakeCPU.Foreign, h.wakeCPU.Proc(0), h.wakeCPU.Self, h.wakeCPU.Foreign)
 		if m.firstErr != nil {
 			fmt.Fprintf(w, "metadata: %d watcher errors, first: %v\n", m.errs, m.firstErr)
 		}
@@ -147,15 +123,13 @@ func (r *report) print(w io.Writer) {
 		}
 	}
 	fmt.Fprintln(w)
-	for _, v := range r.verdicts() {
-		fmt.Fprintf(w, "%s  %s\n", passFail(v.ok), v.name)
-	}
+	benchkit.PrintVerdicts(w, r.verdicts())
 }
 
 func maxForeign(g *getResult) float64 {
 	var m float64
 	for _, r := range append(append([]loadResult(nil), g.hello...), g.meta...) {
-		m = max(m, r.cpu.foreign)
+		m = max(m, r.cpu.Foreign)
 	}
 	return m
 }

@@ -17,14 +17,16 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 )
 
 // watchRun is one server under the long-poll load.
 type watchRun struct {
-	idle, parked memStat       // the server's memory before the first watcher and with all parked
-	setup        time.Duration // to open, GET and park every watcher
-	parkedCPU    float64       // CPUs the server used with all parked and nothing happening
-	wakeCPU      cpuUse        // from the change to the last answer
+	idle, parked benchkit.Mem    // the server's memory before the first watcher and with all parked
+	setup        time.Duration   // to open, GET and park every watcher
+	parkedCPU    float64         // CPUs the server used with all parked and nothing happening
+	wakeCPU      benchkit.CPUUse // from the change to the last answer
 	n            int
 	woken        int // answered after the change with the expected value
 	p50, p99     time.Duration
@@ -58,27 +60,27 @@ func benchWatch(o options, dir string) (*watchResult, error) {
 	res := &watchResult{}
 
 	// Baseline: net/http handlers blocked on a channel that SIGHUP closes.
-	addr, err := freeAddr()
+	addr, err := benchkit.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	c, err := startChild("hello-world baseline", filepath.Join(dir, "watch-hello.log"), self, helloFlag, addr)
+	c, err := benchkit.StartChild("hello-world baseline", filepath.Join(dir, "watch-hello.log"), self, helloFlag, addr)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.waitReady(addr); err != nil {
-		c.stop()
+	if err := c.WaitReady(addr); err != nil {
+		c.Stop()
 		return nil, err
 	}
 	res.hello, err = runWatch(o, watchTarget{
 		name:    "hello-world baseline",
 		addr:    addr,
-		pid:     c.pid(),
+		pid:     c.PID(),
 		parked:  func() (int, error) { return scrape("http://"+addr+"/parked", "") },
-		trigger: func() error { return syscall.Kill(c.pid(), syscall.SIGHUP) },
+		trigger: func() error { return syscall.Kill(c.PID(), syscall.SIGHUP) },
 		want:    func(int) string { return string(helloBody) },
 	})
-	c.stop()
+	c.Stop()
 	if err != nil {
 		return nil, fmt.Errorf("baseline: %w", err)
 	}
@@ -89,43 +91,43 @@ func benchWatch(o options, dir string) (*watchResult, error) {
 		return nil, err
 	}
 	next := dataFile(2, o.instances)
-	if addr, err = freeAddr(); err != nil {
+	if addr, err = benchkit.FreeAddr(); err != nil {
 		return nil, err
 	}
-	maddr, err := freeAddr()
+	maddr, err := benchkit.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
 	perCaller := (o.watchers + o.instances - 1) / o.instances
-	c, err = startChild("nodetrust metadata", filepath.Join(dir, "watch-metadata.log"), o.bin,
+	c, err = benchkit.StartChild("nodetrust metadata", filepath.Join(dir, "watch-metadata.log"), o.bin,
 		"metadata", "--listen", addr, "--data", dataPath, "--metrics-listen", maddr, "--log-level", "warn",
 		"--max-watchers", strconv.Itoa(max(20000, o.watchers)),
 		"--max-watchers-per-caller", strconv.Itoa(max(256, perCaller)))
 	if err != nil {
 		return nil, err
 	}
-	if err := c.waitReady(addr); err != nil {
-		c.stop()
+	if err := c.WaitReady(addr); err != nil {
+		c.Stop()
 		return nil, err
 	}
-	if err := c.waitReady(maddr); err != nil {
-		c.stop()
+	if err := c.WaitReady(maddr); err != nil {
+		c.Stop()
 		return nil, err
 	}
 	res.meta, err = runWatch(o, watchTarget{
 		name:   "nodetrust metadata",
 		addr:   addr,
-		pid:    c.pid(),
+		pid:    c.PID(),
 		parked: func() (int, error) { return scrape("http://"+maddr+"/metrics", "nodetrust_metadata_watchers") },
 		trigger: func() error {
 			if err := writeAtomic(dataPath, next); err != nil {
 				return err
 			}
-			return syscall.Kill(c.pid(), syscall.SIGHUP)
+			return syscall.Kill(c.PID(), syscall.SIGHUP)
 		},
 		want: func(inst int) string { return watchValue(2, inst) },
 	})
-	c.stop()
+	c.Stop()
 	if err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
@@ -139,9 +141,9 @@ func benchWatch(o options, dir string) (*watchResult, error) {
 func runWatch(o options, t watchTarget) (watchRun, error) {
 	n := o.watchers
 	r := watchRun{n: n}
-	waitQuiet(5 * time.Second)
+	benchkit.WaitQuiet(5 * time.Second)
 	var err error
-	if r.idle, err = readMem(t.pid); err != nil {
+	if r.idle, err = benchkit.ReadMem(t.pid); err != nil {
 		return r, err
 	}
 	fmt.Fprintf(os.Stderr, "watch: %s: parking %d long-polls from %d addresses ... ", t.name, n, o.instances)
@@ -226,14 +228,14 @@ func runWatch(o options, t watchTarget) (watchRun, error) {
 	}
 	r.setup = time.Since(start)
 	r.parked = settledMem(t.pid)
-	a := sampleCPU(t.pid)
+	a := benchkit.SampleCPU(t.pid)
 	time.Sleep(3 * time.Second)
-	r.parkedCPU = cpuBetween(a, sampleCPU(t.pid)).server
+	r.parkedCPU = benchkit.CPUBetween(a, benchkit.SampleCPU(t.pid)).Proc(0)
 	fmt.Fprintf(os.Stderr, "in %v, RSS %s (HWM %s), idle CPU %.3f; waking ... ",
-		r.setup.Round(time.Millisecond), mb(r.parked.rss), mb(r.parked.hwm), r.parkedCPU)
+		r.setup.Round(time.Millisecond), benchkit.MB(r.parked.RSS), benchkit.MB(r.parked.HWM), r.parkedCPU)
 
-	a = sampleCPU(t.pid)
-	now := a.at
+	a = benchkit.SampleCPU(t.pid)
+	now := a.At
 	t0.Store(&now)
 	if err := t.trigger(); err != nil {
 		cleanup()
@@ -242,7 +244,7 @@ func runWatch(o options, t watchTarget) (watchRun, error) {
 	if !waitTimeout(&answerWG, 60*time.Second) {
 		cleanup()
 	}
-	r.wakeCPU = cpuBetween(a, sampleCPU(t.pid))
+	r.wakeCPU = benchkit.CPUBetween(a, benchkit.SampleCPU(t.pid))
 	var lat []time.Duration
 	for _, o := range out {
 		if o.err != nil {
@@ -298,16 +300,16 @@ func parkOne(addr string, inst int) (net.Conn, *bufio.Reader, error) {
 
 // settledMem reads the server's memory once it stops moving (within 0.5%
 // over three reads 200 ms apart, or after 5 s).
-func settledMem(pid int) memStat {
-	var last memStat
+func settledMem(pid int) benchkit.Mem {
+	var last benchkit.Mem
 	stable := 0
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end) && stable < 3; {
 		time.Sleep(200 * time.Millisecond)
-		m, err := readMem(pid)
+		m, err := benchkit.ReadMem(pid)
 		if err != nil {
 			break
 		}
-		if d := m.rss - last.rss; d < 0 && -d*200 < m.rss || d >= 0 && d*200 < m.rss {
+		if d := m.RSS - last.RSS; d < 0 && -d*200 < m.RSS || d >= 0 && d*200 < m.RSS {
 			stable++
 		} else {
 			stable = 0

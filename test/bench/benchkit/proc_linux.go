@@ -1,4 +1,4 @@
-package main
+package benchkit
 
 import "syscall"
 
@@ -7,8 +7,8 @@ func childAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
-// isTmpfs reports whether dir is on a tmpfs (memory, no disk).
-func isTmpfs(dir string) bool {
+// IsTmpfs reports whether dir is on a tmpfs (memory, no disk).
+func IsTmpfs(dir string) bool {
 	var s syscall.Statfs_t
 	return syscall.Statfs(dir, &s) == nil && s.Type == 0x01021994 // TMPFS_MAGIC
 }
