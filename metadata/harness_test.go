@@ -1,7 +1,6 @@
 package metadata_test
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -162,26 +161,6 @@ func (ts *testServer) do(t testing.TB, c *http.Client, method, target string, hd
 func (ts *testServer) get(t testing.TB, c *http.Client, target string) (*http.Response, string) {
 	t.Helper()
 	return ts.do(t, c, http.MethodGet, target, nil)
-}
-
-// raw writes request (a complete HTTP/1.1 request head) on a new connection
-// from src and reads one response. method tells the reader whether a body
-// follows.
-func (ts *testServer) raw(t testing.TB, src, method, request string) (*http.Response, string) {
-	t.Helper()
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
-	conn, err := d.Dial("tcp", ts.addr)
-	require.NoError(t, err)
-	defer conn.Close()
-	require.NoError(t, conn.SetDeadline(time.Now().Add(20*time.Second)))
-	_, err = io.WriteString(conn, request)
-	require.NoError(t, err)
-	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp, string(b)
 }
 
 // rawRequest builds a request head for target with the usual headers plus
