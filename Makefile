@@ -34,6 +34,7 @@ bench: build
 	$(GO) run ./test/bench/metadatabench -bin $(BIN)
 	$(GO) run ./test/bench/controlplanebench
 	$(GO) run ./test/bench/agentbench -bin $(BIN)
+	$(GO) run ./test/bench/tunnelbench
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
