@@ -247,6 +247,38 @@ func TestStockServerHTTPConnect(t *testing.T) {
 		}
 	})
 
+	t.Run("concurrent", func(t *testing.T) {
+		const n = 8
+		errs := make(chan error, n)
+		for range n {
+			go func() {
+				conn, br, status := connect(t, srv.frontAddr, ku.Host)
+				defer conn.Close()
+				if status != 200 {
+					errs <- fmt.Errorf("CONNECT: status %d", status)
+					return
+				}
+				fmt.Fprintf(conn, "GET /big HTTP/1.1\r\nHost: kubelet\r\n\r\n")
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil && !bytes.Equal(b, big) {
+					err = fmt.Errorf("body of %d bytes differs", len(b))
+				}
+				errs <- err
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+	})
+
 	t.Run("no leak per connection", func(t *testing.T) {
 		waitFor(t, "proxied connections to end", func() bool {
 			c := ours()
