@@ -84,7 +84,7 @@ type Config struct {
 // with New and call Run.
 type Client struct {
 	cfg   Config
-	allow *allowlist
+	allow *tunnel.Allowlist
 	log   *slog.Logger
 	m     *metrics
 
@@ -100,11 +100,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.ClientCertificate == nil || cfg.Roots == nil {
 		return nil, fmt.Errorf("%w: ClientCertificate and Roots are required", ErrConfig)
 	}
-	// The native tunnel's parser is the authority on the syntax.
-	if _, err := tunnel.ParseAllowlist(cfg.Allow); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	allow, err := parseAllowlist(cfg.Allow)
+	allow, err := tunnel.ParseAllowlist(cfg.Allow)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}

@@ -166,23 +166,41 @@ type refusal struct {
 
 func (r *refusal) Error() string { return r.msg }
 
-// destinations parses an authority strictly and returns the addresses to
-// try, in order, or a refusal. A name equal to nodeName means the node's
-// own addresses and loopback. Other names are resolved: an allowlisted
-// name may point anywhere; any other name only counts if it resolves to
-// allowed addresses, and only those are dialled.
+// Destinations parses a HOST:PORT authority strictly and returns the
+// addresses to dial for it, in order, or an error saying why it is refused.
+// self lists the node's own addresses; a name equal to nodeName (lower
+// case) means those and loopback. Other names are resolved with r (nil
+// means net.DefaultResolver): an allowlisted name may point anywhere; any
+// other name only counts if it resolves to allowed addresses, and only
+// those are dialled. These are the native tunnel's rules, exported for
+// other tunnel modes.
+func (a *Allowlist) Destinations(ctx context.Context, authority string, self []netip.Addr, nodeName string, r *net.Resolver) ([]netip.AddrPort, error) {
+	node := strings.ToLower(nodeName)
+	out, ref := a.destinations(ctx, authority, self, func() string { return node }, r)
+	if ref != nil {
+		return nil, ref
+	}
+	return out, nil
+}
+
+// destinations is the Client's view of Allowlist.Destinations.
 func (c *Client) destinations(ctx context.Context, authority string) ([]netip.AddrPort, *refusal) {
+	return c.allow.destinations(ctx, authority, c.selfAddrs(), c.nodeName, c.cfg.Resolver)
+}
+
+// destinations implements Destinations; nodeName returns the node's name
+// in lower case and is called only when the host is a DNS name.
+func (a *Allowlist) destinations(ctx context.Context, authority string, self []netip.Addr, nodeName func() string, r *net.Resolver) ([]netip.AddrPort, *refusal) {
 	host, ps, err := net.SplitHostPort(authority)
 	port, ok := parsePort(ps)
 	if err != nil || !ok || host == "" {
 		return nil, &refusal{tunnelwire.RefusedBadTarget, fmt.Sprintf("destination %q is not HOST:PORT with a numeric port", authority)}
 	}
 	notAllowed := &refusal{tunnelwire.RefusedNotAllowed, fmt.Sprintf("destination %s is not in this node's tunnel allowlist", authority)}
-	self := c.selfAddrs()
 	filter := func(ips []netip.Addr) []netip.AddrPort {
 		var out []netip.AddrPort
 		for _, ip := range ips {
-			if c.allow.allowsAddr(ip, port, self) {
+			if a.allowsAddr(ip, port, self) {
 				out = append(out, netip.AddrPortFrom(ip.Unmap(), port))
 			}
 		}
@@ -201,15 +219,18 @@ func (c *Client) destinations(ctx context.Context, authority string) ([]netip.Ad
 		return nil, &refusal{tunnelwire.RefusedBadTarget, fmt.Sprintf("destination host %q is neither an IP address nor a DNS name", host)}
 	}
 	name := strings.ToLower(host)
-	if node := c.nodeName(); node != "" && name == node {
+	if node := nodeName(); node != "" && name == node {
 		cands := append(append([]netip.Addr(nil), self...), netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback())
 		if out := filter(cands); len(out) > 0 {
 			return out, nil
 		}
 		return nil, notAllowed
 	}
-	explicit := c.allow.allowsName(name, port)
-	ips, err := c.cfg.Resolver.LookupNetIP(ctx, "ip", name)
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	explicit := a.allowsName(name, port)
+	ips, err := r.LookupNetIP(ctx, "ip", name)
 	if err != nil || len(ips) == 0 {
 		if !explicit {
 			return nil, notAllowed

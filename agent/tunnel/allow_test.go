@@ -94,3 +94,18 @@ func TestBackoffCapped(t *testing.T) {
 		}
 	}
 }
+
+func TestAllowlistDestinationsExported(t *testing.T) {
+	a, err := ParseAllowlist([]string{"self:10250", "127.0.0.1:10255"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := []netip.Addr{netip.MustParseAddr("10.1.2.3")}
+	got, err := a.Destinations(context.Background(), "Node-1:10250", self, "NODE-1", nil)
+	if err != nil || len(got) != 1 || got[0].String() != "10.1.2.3:10250" {
+		t.Fatalf("Destinations(node-1:10250) = %v, %v", got, err)
+	}
+	if _, err := a.Destinations(context.Background(), "10.1.2.4:10250", self, "node-1", nil); err == nil {
+		t.Fatal("Destinations allowed an address not in the list")
+	}
+}
