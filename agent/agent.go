@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nodetrust/nodetrust/agent/certstore"
+	"github.com/nodetrust/nodetrust/agent/konnectivity"
 	"github.com/nodetrust/nodetrust/agent/mdlocal"
 	"github.com/nodetrust/nodetrust/agent/nodeaddr"
 	"github.com/nodetrust/nodetrust/agent/steer"
@@ -68,8 +69,9 @@ type Agent struct {
 	hostname func() (string, error)
 	caPath   string
 	status   string
-	tunnel   *tunnel.Client  // nil when no tunnel servers are configured
-	podMD    *mdlocal.Mirror // nil when podMetadata is off
+	tunnel   *tunnel.Client        // nil when no tunnel servers are configured
+	konn     []konnectivity.Config // one per server in konnectivity mode
+	podMD    *mdlocal.Mirror       // nil when podMetadata is off
 	steer    *steer.Steerer
 
 	mu          sync.Mutex // guards nodeName, lastContact
@@ -147,7 +149,22 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 			return nil, fmt.Errorf("pod metadata: %w", err)
 		}
 	}
-	if len(cfg.Tunnel.Servers) > 0 {
+	if cfg.Tunnel.Mode == TunnelKonnectivity {
+		for _, s := range cfg.Tunnel.Servers {
+			kc := konnectivity.Config{Server: s, ServerName: cfg.Tunnel.ServerName, AgentID: cfg.Tunnel.AgentID,
+				Allow: cfg.Tunnel.Allow, ClientCertificate: a.ClientCertificate, Roots: a.Roots, SelfAddrs: a.addrs,
+				Logger: a.log, Registerer: opt.Registerer}
+			if opt.Registerer != nil && len(cfg.Tunnel.Servers) > 1 {
+				kc.Registerer = prometheus.WrapRegistererWith(prometheus.Labels{"server": s}, opt.Registerer)
+			}
+			check := kc // checked now; run once the node name is known
+			check.NodeName, check.Registerer = "node", nil
+			if _, err := konnectivity.New(check); err != nil {
+				return nil, fmt.Errorf("tunnel: %w", err)
+			}
+			a.konn = append(a.konn, kc)
+		}
+	} else if len(cfg.Tunnel.Servers) > 0 {
 		tc, err := tunnel.New(tunnel.Config{Servers: cfg.Tunnel.Servers, ServerName: cfg.Tunnel.ServerName, Allow: cfg.Tunnel.Allow,
 			ClientCertificate: a.ClientCertificate, Roots: a.Roots, SelfAddrs: a.addrs,
 			Logger: a.log.With("component", "tunnel"), Clock: a.clock, Registerer: opt.Registerer})
@@ -168,6 +185,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.tunnel != nil {
 		var wg sync.WaitGroup
 		wg.Go(func() { a.tunnel.Run(ctx) })
+		defer wg.Wait()
+	}
+	if len(a.konn) > 0 {
+		var wg sync.WaitGroup
+		wg.Go(func() { a.runKonnectivity(ctx) })
 		defer wg.Wait()
 	}
 	if a.podMD != nil {
@@ -373,4 +395,34 @@ func (a *Agent) podMetadataOnce(ctx context.Context) error {
 	wg.Go(func() { errc <- a.steer.Run(ctx); cancel() })
 	wg.Wait()
 	return errors.Join(<-errc, <-errc)
+}
+
+// runKonnectivity learns the node name (the default agent id), then keeps
+// a stream to each konnectivity-server until ctx is done.
+func (a *Agent) runKonnectivity(ctx context.Context) {
+	var name string
+	for n := 1; ; n++ {
+		var err error
+		if name, err = a.node(ctx); err == nil {
+			break
+		}
+		t := a.clock.NewTimer(a.backoff(n))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, kc := range a.konn {
+		kc.NodeName = name
+		c, err := konnectivity.New(kc)
+		if err != nil { // checked in New; only a bad node name gets here
+			a.log.Error("konnectivity tunnel not started", "server", kc.Server, "err", err)
+			continue
+		}
+		wg.Go(func() { c.Run(ctx) })
+	}
 }

@@ -101,15 +101,28 @@ func (c *PodMetadataConfig) steerConfig() (steer.Config, error) {
 	return sc, err
 }
 
+// Tunnel modes: the nodetrust tunnel (docs/tunnels.md) or the agent side
+// of a stock konnectivity-server (docs/konnectivity.md).
+const (
+	TunnelNative       = "native"
+	TunnelKonnectivity = "konnectivity"
+)
+
 // TunnelConfig configures the agent's reverse tunnels.
 type TunnelConfig struct {
-	// Servers are the control plane's tunnel addresses (host:port).
+	// Mode is native (default) or konnectivity.
+	Mode string `yaml:"mode"`
+	// Servers are the control plane's tunnel addresses (host:port); in
+	// konnectivity mode, the konnectivity-servers' agent addresses, one
+	// stream to each.
 	Servers []string `yaml:"servers"`
 	// ServerName overrides the name checked in the servers' certificates.
 	ServerName string `yaml:"serverName"`
 	// Allow lists the destinations the control plane may reach (self:PORT,
 	// IP:PORT, CIDR:PORT, NAME:PORT); empty means the kubelet's ports.
 	Allow []string `yaml:"allow"`
+	// AgentID is the konnectivity agent id (default: the node name).
+	AgentID string `yaml:"agentID"`
 }
 
 // MetadataConfig locates the metadata server and the bootstrap attributes.
@@ -197,6 +210,9 @@ func (c *Config) setDefaults() {
 	if c.CSRTimeout == 0 {
 		c.CSRTimeout = Duration(15 * time.Minute)
 	}
+	if c.Tunnel.Mode == "" {
+		c.Tunnel.Mode = TunnelNative
+	}
 	if c.PodMetadata.Listen == "" {
 		c.PodMetadata.Listen = "169.254.169.254:80"
 	}
@@ -241,6 +257,23 @@ func (c *Config) validate() error {
 	}
 	if _, err := tunnel.ParseAllowlist(c.Tunnel.Allow); err != nil {
 		return bad("tunnel.allow", "%v", err)
+	}
+	switch c.Tunnel.Mode {
+	case TunnelNative:
+		if c.Tunnel.AgentID != "" {
+			return bad("tunnel.agentID", "only used in mode konnectivity")
+		}
+	case TunnelKonnectivity:
+		if len(c.Tunnel.Servers) == 0 {
+			return bad("tunnel.servers", "mode konnectivity needs at least one konnectivity-server agent address (host:port)")
+		}
+		for _, s := range c.Tunnel.Servers {
+			if _, _, err := net.SplitHostPort(s); err != nil {
+				return bad("tunnel.servers", "%q is not host:port", s)
+			}
+		}
+	default:
+		return bad("tunnel.mode", "%q is not native or konnectivity", c.Tunnel.Mode)
 	}
 	if pm := &c.PodMetadata; pm.Enabled {
 		if len(pm.PodInterfaces) == 0 && len(pm.PodCIDRs) == 0 {
