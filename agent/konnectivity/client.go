@@ -13,6 +13,7 @@ package konnectivity
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -22,6 +23,8 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,9 +51,9 @@ type Config struct {
 	// NodeName is the node's name, sent as a host identifier; a dial to
 	// NodeName:PORT means the node's own addresses and loopback.
 	NodeName string
-	// ClientCertificate returns the current client certificate; it is
-	// called on every TLS handshake, so a rotated certificate is used by
-	// the next connection.
+	// ClientCertificate returns the current client certificate. It is
+	// called before each connect and polled (CertPollInterval); when it
+	// changes, the streams are replaced (see Client.Run).
 	ClientCertificate func() (*tls.Certificate, error)
 	// Roots returns the cluster CA pool; it is called on every connect.
 	Roots func() (*x509.CertPool, error)
@@ -72,15 +75,19 @@ type Config struct {
 	// BackoffMin and BackoffMax bound the reconnect delay, which doubles
 	// per failure and is jittered down to half (defaults 100ms and 2s).
 	BackoffMin, BackoffMax time.Duration
-	// StopTimeout bounds how long Run waits, after DRAIN, for open
-	// connections to end once its context is done (default 5s).
+	// StopTimeout bounds how long a draining stream waits, after DRAIN,
+	// for open connections to end: when Run's context is done or when a
+	// rotated certificate replaces the stream (default 5s).
 	StopTimeout time.Duration
+	// CertPollInterval is how often ClientCertificate is polled for a
+	// rotated certificate (default 10s).
+	CertPollInterval time.Duration
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
 
-// Client keeps one AgentService.Connect stream to the server. Create it
+// Client keeps an AgentService.Connect stream to each server. Create it
 // with New and call Run.
 type Client struct {
 	cfg   Config
@@ -90,6 +97,9 @@ type Client struct {
 
 	connected atomic.Int64
 	nextID    atomic.Int64 // connectIDs, unique per Client
+
+	// dialContext dials destinations; tests replace it.
+	dialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // New checks cfg, fills its defaults and returns a Client.
@@ -119,6 +129,7 @@ func New(cfg Config) (*Client, error) {
 	def(&cfg.BackoffMin, 100*time.Millisecond)
 	def(&cfg.BackoffMax, 2*time.Second)
 	def(&cfg.StopTimeout, 5*time.Second)
+	def(&cfg.CertPollInterval, 10*time.Second)
 	if cfg.ReadSize <= 0 {
 		cfg.ReadSize = 64 << 10
 	}
@@ -134,37 +145,143 @@ func New(cfg Config) (*Client, error) {
 		allow: allow,
 		log:   cfg.Logger.With("component", "konnectivity", "server", cfg.Server),
 		m:     newMetrics(cfg.Registerer),
+
+		dialContext: (&net.Dialer{}).DialContext,
 	}, nil
 }
 
-// Connected reports how many streams to the server are up (0 or 1).
+// Connected reports how many streams to servers are up, draining ones
+// included.
 func (c *Client) Connected() int { return int(c.connected.Load()) }
 
-// Run keeps a stream to the server until ctx is done, reconnecting with
-// backoff. When ctx is done it sends DRAIN, waits up to StopTimeout for
-// open connections, closes the rest and returns nil. Every goroutine it
-// started has ended when it returns.
+// Run keeps one stream to each konnectivity-server until ctx is done. It
+// dials Server, which may balance across several replicas, until it holds
+// a stream to as many distinct serverids as the servercount header says;
+// a stream that lands on a serverid it already holds is closed, and it
+// dials again after a backoff. A stream that breaks is redialled after a
+// backoff. When the client certificate changes (it is polled every
+// CertPollInterval) every stream is replaced: a new stream is dialled and,
+// once it reaches the same serverid, the old one is drained (DRAIN, then
+// closed when its connections have ended or after StopTimeout).
+//
+// When ctx is done it drains every stream and returns nil. Every goroutine
+// it started has ended when it returns.
 func (c *Client) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ended := make(chan *session)
+	running := 0                  // sessions being served
+	held := map[string]*session{} // streams with the current certificate, by serverid
+	var stale []*session          // streams with an old certificate, not yet replaced
+	want := 1                     // servercount
 	delay := c.cfg.BackoffMin
-	for {
-		start := time.Now()
-		err := c.session(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if time.Since(start) > 10*c.cfg.BackoffMax {
-			delay = c.cfg.BackoffMin
-		}
-		c.log.Warn("konnectivity stream ended; reconnecting", "err", err, "in", delay)
-		t := time.NewTimer(delay/2 + time.Duration(rand.Int64N(int64(delay/2)+1)))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
+	var retry <-chan time.Time // non-nil while backing off
+	backoff := func() {
+		retry = time.After(delay/2 + time.Duration(rand.Int64N(int64(delay/2)+1)))
 		delay = min(2*delay, c.cfg.BackoffMax)
 	}
+	poll := time.NewTicker(c.cfg.CertPollInterval)
+	defer poll.Stop()
+	cert, certID, err := c.certificate()
+	if err != nil {
+		c.log.Warn("client certificate", "err", err)
+	}
+	for {
+		if retry == nil && len(held) < want && ctx.Err() == nil {
+			if cert == nil {
+				cert, certID, err = c.certificate()
+			}
+			var s *session
+			if err == nil {
+				s, err = c.connect(cert, certID)
+			}
+			switch {
+			case err != nil:
+				c.log.Warn("konnectivity connect failed", "err", err, "retryIn", delay)
+				cert = nil
+				backoff()
+			case held[s.serverID] != nil:
+				c.log.Info("konnectivity stream reached a server already held; closing it", "serverID", s.serverID, "held", len(held), "serverCount", want)
+				s.abort()
+				want = s.count
+				backoff()
+			default:
+				held[s.serverID] = s
+				want = s.count
+				delay = c.cfg.BackoffMin
+				running++
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					err := s.serve()
+					if err != nil {
+						s.log.Warn("konnectivity stream ended", "err", err)
+					}
+					ended <- s
+				}()
+				full := len(held) >= want // then no old stream is needed any more
+				stale = slices.DeleteFunc(stale, func(old *session) bool {
+					if full || old.serverID == s.serverID {
+						old.startDrain()
+						return true
+					}
+					return false
+				})
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			for _, s := range held {
+				s.startDrain()
+			}
+			for _, s := range stale {
+				s.startDrain()
+			}
+			for ; running > 0; running-- {
+				<-ended
+			}
+			return nil
+		case s := <-ended:
+			running--
+			if held[s.serverID] == s {
+				delete(held, s.serverID)
+				if time.Since(s.started) > 10*c.cfg.BackoffMax {
+					delay = c.cfg.BackoffMin
+				}
+				if retry == nil {
+					backoff()
+				}
+			}
+			stale = slices.DeleteFunc(stale, func(old *session) bool { return old == s })
+		case <-retry:
+			retry = nil
+		case <-poll.C:
+			nc, nid, err := c.certificate()
+			if err != nil || nid == certID {
+				continue
+			}
+			c.log.Info("client certificate changed; replacing konnectivity streams", "streams", len(held))
+			cert, certID = nc, nid
+			for _, s := range held {
+				stale = append(stale, s)
+			}
+			clear(held)
+			retry, delay = nil, c.cfg.BackoffMin
+		}
+	}
+}
+
+// certificate returns the current client certificate and its SHA-256.
+func (c *Client) certificate() (*tls.Certificate, [32]byte, error) {
+	cert, err := c.cfg.ClientCertificate()
+	if err != nil {
+		return nil, [32]byte{}, fmt.Errorf("client certificate: %w", err)
+	}
+	if cert == nil || len(cert.Certificate) == 0 {
+		return nil, [32]byte{}, errors.New("client certificate: none")
+	}
+	return cert, sha256.Sum256(cert.Certificate[0]), nil
 }
 
 // identifiers is the agentidentifiers header: the node's name and
@@ -197,7 +314,7 @@ func (c *Client) selfAddrs() []netip.Addr {
 }
 
 // tlsConfig is the client side of the mutual TLS to the server.
-func (c *Client) tlsConfig() (*tls.Config, error) {
+func (c *Client) tlsConfig(cert *tls.Certificate) (*tls.Config, error) {
 	roots, err := c.cfg.Roots()
 	if err != nil {
 		return nil, fmt.Errorf("load cluster CA: %w", err)
@@ -211,7 +328,7 @@ func (c *Client) tlsConfig() (*tls.Config, error) {
 		RootCAs:    roots,
 		ServerName: name,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return c.cfg.ClientCertificate()
+			return cert, nil
 		},
 	}, nil
 }

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,26 +88,49 @@ type stockServer struct {
 	ps        *server.ProxyServer
 	agentAddr string
 	frontAddr string
+	peers     atomic.Int64 // agent handshakes verified
+	lastPeer  atomic.Value // *big.Int: serial of the last agent certificate
+	stop      func()
 }
 
 func startStockServer(t *testing.T, p *testPKI) *stockServer {
+	return startStockServerOpts(t, p, "server-1", 1, "127.0.0.1:0")
+}
+
+// startStockServerOpts starts a stock server called id, told that there
+// are count replicas, with its agent port on agentAddr.
+func startStockServerOpts(t *testing.T, p *testPKI, id string, count int, agentAddr string) *stockServer {
 	t.Helper()
-	ps := server.NewProxyServer("server-1", []proxystrategies.ProxyStrategy{proxystrategies.ProxyStrategyDefault},
-		1, &server.AgentTokenAuthenticationOptions{}, 10)
+	ps := server.NewProxyServer(id, []proxystrategies.ProxyStrategy{proxystrategies.ProxyStrategyDefault},
+		count, &server.AgentTokenAuthenticationOptions{}, 10)
 	cert := p.issue(t, "konnectivity-server", nil, true)
+	ss := &stockServer{ps: ps}
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    p.pool,
 		MinVersion:   tls.VersionTLS13,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) > 0 {
+				ss.lastPeer.Store(cs.PeerCertificates[0].SerialNumber)
+				ss.peers.Add(1)
+			}
+			return nil
+		},
 	})))
 	agentproto.RegisterAgentServiceServer(gs, ps)
-	al, err := net.Listen("tcp", "127.0.0.1:0")
+	var al net.Listener
+	var err error
+	for range 50 { // a restarted server rebinds the old port
+		if al, err = net.Listen("tcp", agentAddr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	go gs.Serve(al)
-	t.Cleanup(gs.Stop)
 
 	hs := &http.Server{Handler: &server.Tunnel{Server: ps}}
 	fl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -114,8 +138,10 @@ func startStockServer(t *testing.T, p *testPKI) *stockServer {
 		t.Fatal(err)
 	}
 	go hs.Serve(fl)
-	t.Cleanup(func() { hs.Close() })
-	return &stockServer{ps: ps, agentAddr: al.Addr().String(), frontAddr: fl.Addr().String()}
+	ss.stop = func() { gs.Stop(); hs.Close() }
+	t.Cleanup(ss.stop)
+	ss.agentAddr, ss.frontAddr = al.Addr().String(), fl.Addr().String()
+	return ss
 }
 
 // fakeKubelet serves /hello and /big (1 MiB) on loopback.
@@ -125,6 +151,12 @@ func fakeKubelet(t *testing.T) (*httptest.Server, []byte) {
 		switch r.URL.Path {
 		case "/big":
 			w.Write(big)
+		case "/huge": // 16 MiB, slowly, so that it is still running when the test acts
+			for range 16 {
+				w.Write(big)
+				w.(http.Flusher).Flush()
+				time.Sleep(40 * time.Millisecond)
+			}
 		default:
 			io.WriteString(w, "hello from kubelet")
 		}

@@ -2,8 +2,10 @@ package konnectivity
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -28,9 +30,19 @@ const (
 // session is one AgentService.Connect stream and the connections
 // proxied through it.
 type session struct {
-	c      *Client
-	ctx    context.Context // done when the stream is torn down
-	stream agent.AgentService_ConnectClient
+	c        *Client
+	ctx      context.Context // done when the stream is torn down
+	cancel   context.CancelFunc
+	cc       *grpc.ClientConn
+	stream   agent.AgentService_ConnectClient
+	serverID string
+	count    int      // servercount the server announced
+	certID   [32]byte // SHA-256 of the client certificate used
+	started  time.Time
+	log      *slog.Logger
+
+	drainReq  chan struct{} // closed by startDrain
+	drainOnce sync.Once
 
 	sendMu sync.Mutex // serialises stream.Send
 
@@ -42,71 +54,93 @@ type session struct {
 	wg sync.WaitGroup // dial, read and write goroutines
 }
 
-// session connects once and serves the stream until it breaks or ctx is
-// done (then it drains). All its goroutines have ended when it returns.
-func (c *Client) session(ctx context.Context) error {
-	tc, err := c.tlsConfig()
+// connect opens one stream with cert and reads the server's response
+// headers. The caller either serves the session or aborts it.
+func (c *Client) connect(cert *tls.Certificate, certID [32]byte) (*session, error) {
+	tc, err := c.tlsConfig(cert)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cc, err := grpc.NewClient(c.cfg.Server,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	if err != nil {
-		return fmt.Errorf("grpc client: %w", err)
+		return nil, fmt.Errorf("grpc client: %w", err)
 	}
-	defer cc.Close()
-
-	// The stream's context is not ctx: on shutdown the stream must stay
+	// The stream's context is not Run's: on shutdown the stream must stay
 	// up to carry DRAIN and the last bytes of open connections.
 	sctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	fail := func(err error) (*session, error) {
+		cancel()
+		cc.Close()
+		return nil, err
+	}
 	md := metadata.Pairs(hdrAgentID, c.cfg.AgentID, hdrAgentIdentifiers, c.identifiers())
 	connectTimer := time.AfterFunc(c.cfg.DialTimeout, cancel)
 	stream, err := agent.NewAgentServiceClient(cc).Connect(metadata.NewOutgoingContext(sctx, md))
 	if err != nil {
 		connectTimer.Stop()
-		return fmt.Errorf("connect: %w", err)
+		return fail(fmt.Errorf("connect: %w", err))
 	}
 	hdr, err := stream.Header()
 	if !connectTimer.Stop() {
-		return fmt.Errorf("connect: no response headers within %v", c.cfg.DialTimeout)
+		return fail(fmt.Errorf("connect: no response headers within %v", c.cfg.DialTimeout))
 	}
 	if err != nil {
-		return fmt.Errorf("read response headers: %w", err)
+		return fail(fmt.Errorf("read response headers: %w", err))
 	}
 	serverID := first(hdr.Get(hdrServerID))
-	serverCount, _ := strconv.Atoi(first(hdr.Get(hdrServerCount)))
-	log := c.log.With("serverID", serverID)
-	log.Info("konnectivity stream up", "serverCount", serverCount)
+	count, _ := strconv.Atoi(first(hdr.Get(hdrServerCount)))
+	return &session{
+		c: c, ctx: sctx, cancel: cancel, cc: cc, stream: stream,
+		serverID: serverID, count: max(count, 1), certID: certID, started: time.Now(),
+		log:      c.log.With("serverID", serverID),
+		drainReq: make(chan struct{}),
+		conns:    map[int64]*endpoint{},
+		pending:  map[int64]context.CancelFunc{},
+		idle:     make(chan struct{}, 1),
+	}, nil
+}
 
+// abort closes a stream that is not served (a duplicate serverID).
+func (s *session) abort() {
+	s.cancel()
+	s.cc.Close()
+}
+
+// startDrain asks serve to send DRAIN and end the stream once its
+// connections have ended (at most StopTimeout later).
+func (s *session) startDrain() { s.drainOnce.Do(func() { close(s.drainReq) }) }
+
+// serve runs the stream until it breaks or it has drained. All its
+// goroutines have ended when it returns.
+func (s *session) serve() error {
+	c := s.c
 	c.connected.Add(1)
 	c.m.connected.Inc()
 	defer func() { c.connected.Add(-1); c.m.connected.Dec() }()
+	s.log.Info("konnectivity stream up", "serverCount", s.count)
 
-	s := &session{
-		c: c, ctx: sctx, stream: stream,
-		conns:   map[int64]*endpoint{},
-		pending: map[int64]context.CancelFunc{},
-		idle:    make(chan struct{}, 1),
-	}
 	recvDone := make(chan error, 1)
 	go s.recvLoop(recvDone)
-
+	var err error
 	select {
 	case err = <-recvDone:
 		recvDone = nil
-	case <-ctx.Done():
-		s.drain(recvDone)
+	case <-s.drainReq:
+		if e, ended := s.drain(recvDone); ended {
+			err, recvDone = e, nil
+		}
 	}
-	cancel()
+	s.cancel()
 	s.closeAll()
 	s.wg.Wait()
 	if recvDone != nil {
 		<-recvDone
 	}
-	log.Info("konnectivity stream down", "err", err)
+	s.cc.Close()
+	s.log.Info("konnectivity stream down", "err", err)
 	return err
 }
 
@@ -117,11 +151,13 @@ func first(v []string) string {
 	return v[0]
 }
 
-// drain sends DRAIN so the server stops choosing this agent, then waits
-// up to StopTimeout for open connections to end.
-func (s *session) drain(recvDone chan error) {
+// drain sends DRAIN so the server stops choosing this stream, then waits
+// up to StopTimeout for open connections to end. ended reports that the
+// stream broke meanwhile (err is why).
+func (s *session) drain(recvDone chan error) (err error, ended bool) {
+	s.log.Info("draining konnectivity stream")
 	if err := s.send(&client.Packet{Type: client.PacketType_DRAIN, Payload: &client.Packet_Drain{Drain: &client.Drain{}}}); err != nil {
-		return
+		return nil, false
 	}
 	t := time.NewTimer(s.c.cfg.StopTimeout)
 	defer t.Stop()
@@ -130,14 +166,14 @@ func (s *session) drain(recvDone chan error) {
 		n := len(s.conns) + len(s.pending)
 		s.mu.Unlock()
 		if n == 0 {
-			return
+			return nil, false
 		}
 		select {
 		case <-s.idle:
-		case <-recvDone:
-			return
+		case err := <-recvDone:
+			return err, true
 		case <-t.C:
-			return
+			return nil, false
 		case <-time.After(50 * time.Millisecond): // pending dials do not signal idle
 		}
 	}
@@ -241,9 +277,8 @@ func (s *session) dial(ctx context.Context, cancel context.CancelFunc, req *clie
 		return
 	}
 	var conn net.Conn
-	var d net.Dialer
 	for _, a := range addrs {
-		if conn, err = d.DialContext(ctx, "tcp", a.String()); err == nil {
+		if conn, err = s.c.dialContext(ctx, "tcp", a.String()); err == nil {
 			break
 		}
 	}
