@@ -35,6 +35,7 @@ bench: build
 	$(GO) run ./test/bench/controlplanebench
 	$(GO) run ./test/bench/agentbench -bin $(BIN)
 	$(GO) run ./test/bench/tunnelbench
+	$(GO) run ./test/bench/konnbench
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
