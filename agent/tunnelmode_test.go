@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -42,6 +43,11 @@ func TestTunnelModeConfig(t *testing.T) {
 	assert.Equal(t, agent.TunnelKonnectivity, c.Tunnel.Mode)
 	assert.Equal(t, []string{"cp:8091", "cp2:8091"}, c.Tunnel.Servers)
 	assert.Equal(t, "a1", c.Tunnel.AgentID)
+
+	// One stream per server; their metrics are told apart by a server label.
+	c.StateDir = t.TempDir()
+	_, err = agent.New(c, agent.Options{Registerer: prometheus.NewRegistry()})
+	require.NoError(t, err)
 
 	for in, key := range map[string]string{
 		"tunnel: {mode: grpc, servers: [cp:8091]}":                  "tunnel.mode",
