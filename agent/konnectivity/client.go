@@ -208,7 +208,6 @@ func (c *Client) Run(ctx context.Context) error {
 			default:
 				held[s.serverID] = s
 				want = s.count
-				delay = c.cfg.BackoffMin
 				running++
 				wg.Add(1)
 				go func() {
