@@ -135,10 +135,12 @@ func (s *session) serve() error {
 	}
 	s.cancel()
 	s.closeAll()
-	s.wg.Wait()
+	// The receive loop starts dial goroutines (wg.Add): it must have ended
+	// before Wait, or a dial could start after Wait returned.
 	if recvDone != nil {
 		<-recvDone
 	}
+	s.wg.Wait()
 	s.cc.Close()
 	s.log.Info("konnectivity stream down", "err", err)
 	return err
