@@ -39,6 +39,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -128,9 +130,9 @@ func run(o options) error {
 		{"native DialNode", func(ctx context.Context) (net.Conn, error) { return e.native.DialNode(ctx, node, e.sink) }},
 		{"native CONNECT (unix)", func(ctx context.Context) (net.Conn, error) {
 			_, port, _ := net.SplitHostPort(e.sink)
-			return connect(ctx, "unix", e.socket, node+":"+port)
+			return benchkit.Connect(ctx, "unix", e.socket, node+":"+port)
 		}},
-		{"konnectivity CONNECT (tcp)", func(ctx context.Context) (net.Conn, error) { return connect(ctx, "tcp", e.front, e.sink) }},
+		{"konnectivity CONNECT (tcp)", func(ctx context.Context) (net.Conn, error) { return benchkit.Connect(ctx, "tcp", e.front, e.sink) }},
 	}
 	res := map[string][]float64{}
 	for r := range o.runs {
@@ -258,42 +260,6 @@ func small(p path, n int) ([]time.Duration, error) {
 	return lat, nil
 }
 
-// connect opens an HTTP CONNECT tunnel to target through a frontend.
-func connect(ctx context.Context, network, addr, target string) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, addr)
-	if err != nil {
-		return nil, err
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target); err != nil {
-		c.Close()
-		return nil, err
-	}
-	// Read the answer byte by byte so no tunnel bytes are buffered away.
-	var head []byte
-	b := make([]byte, 1)
-	for !strings.HasSuffix(string(head), "\r\n\r\n") {
-		if _, err := c.Read(b); err != nil {
-			c.Close()
-			return nil, fmt.Errorf("CONNECT answer: %w", err)
-		}
-		head = append(head, b[0])
-		if len(head) > 4096 {
-			c.Close()
-			return nil, errors.New("CONNECT answer too long")
-		}
-	}
-	if !strings.HasPrefix(string(head), "HTTP/1.1 200") {
-		c.Close()
-		return nil, fmt.Errorf("CONNECT refused: %q", strings.SplitN(string(head), "\r\n", 2)[0])
-	}
-	c.SetDeadline(time.Time{})
-	return c, nil
-}
-
 // startSink serves 'D' (an endless download) and 'E' (echo) connections.
 func (e *env) startSink() error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -332,27 +298,27 @@ func (e *env) startSink() error {
 }
 
 func (e *env) setup() error {
-	ca, err := newCA()
+	ca, err := benchkit.NewCA("konnbench CA")
 	if err != nil {
 		return err
 	}
-	serverCert, err := ca.leaf("localhost", nil, true)
+	serverCert, err := ca.Leaf("localhost", nil, true)
 	if err != nil {
 		return err
 	}
-	agentCert, err := ca.leaf("system:node:"+node, []string{"system:nodes"}, false)
+	agentCert, err := ca.Leaf("system:node:"+node, []string{"system:nodes"}, false)
 	if err != nil {
 		return err
 	}
 	clientCert := func() (*tls.Certificate, error) { return agentCert, nil }
-	roots := func() (*x509.CertPool, error) { return ca.pool, nil }
+	roots := func() (*x509.CertPool, error) { return ca.Pool, nil }
 	if err := e.startSink(); err != nil {
 		return err
 	}
 	warn := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	// Native: the control plane's tunnel server and the agent's client.
-	e.native, err = tunnel.New(tunnel.Config{Certificate: serverCert, ClientCAs: ca.pool,
+	e.native, err = tunnel.New(tunnel.Config{Certificate: serverCert, ClientCAs: ca.Pool,
 		Registerer: prometheus.NewRegistry(), DialTimeout: 10 * time.Second})
 	if err != nil {
 		return err
@@ -385,7 +351,7 @@ func (e *env) setup() error {
 	ps := server.NewProxyServer("server-1", []proxystrategies.ProxyStrategy{proxystrategies.ProxyStrategyDefault},
 		1, &server.AgentTokenAuthenticationOptions{}, 10)
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{*serverCert},
-		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.pool, MinVersion: tls.VersionTLS13})))
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool, MinVersion: tls.VersionTLS13})))
 	agentproto.RegisterAgentServiceServer(gs, ps)
 	al, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -39,7 +39,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -48,8 +47,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strings"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -92,7 +92,7 @@ func main() {
 
 // env is everything the bench runs against.
 type env struct {
-	ca        *ca
+	ca        *benchkit.CA
 	srv       *tunnel.Server
 	socket    string
 	sink      *sink
@@ -212,40 +212,8 @@ func (e *env) dialNode(ctx context.Context) (net.Conn, error) {
 
 // dialFrontend opens a CONNECT tunnel through the UNIX socket frontend.
 func (e *env) dialFrontend(ctx context.Context) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", e.socket)
-	if err != nil {
-		return nil, err
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
 	_, port, _ := net.SplitHostPort(e.target)
-	t := e.node + ":" + port
-	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", t, t); err != nil {
-		c.Close()
-		return nil, err
-	}
-	// Read the answer byte by byte so no tunnel bytes are buffered away.
-	var head []byte
-	b := make([]byte, 1)
-	for !strings.HasSuffix(string(head), "\r\n\r\n") {
-		if _, err := c.Read(b); err != nil {
-			c.Close()
-			return nil, fmt.Errorf("CONNECT answer: %w", err)
-		}
-		head = append(head, b[0])
-		if len(head) > 4096 {
-			c.Close()
-			return nil, errors.New("CONNECT answer too long")
-		}
-	}
-	if !strings.HasPrefix(string(head), "HTTP/1.1 200") {
-		c.Close()
-		return nil, fmt.Errorf("CONNECT refused: %q", strings.SplitN(string(head), "\r\n", 2)[0])
-	}
-	c.SetDeadline(time.Time{})
-	return c, nil
+	return benchkit.Connect(ctx, "unix", e.socket, e.node+":"+port)
 }
 
 // suites reports the TLS version and cipher suite of the baseline and of
@@ -274,10 +242,10 @@ func setup() (*env, error) {
 		}
 	}()
 	var err error
-	if e.ca, err = newCA(); err != nil {
+	if e.ca, err = benchkit.NewCA("tunnelbench CA"); err != nil {
 		return nil, err
 	}
-	serverCert, err := e.ca.leaf("localhost", nil, true)
+	serverCert, err := e.ca.Leaf("localhost", nil, true)
 	if err != nil {
 		return nil, err
 	}
@@ -289,10 +257,10 @@ func setup() (*env, error) {
 		return nil, err
 	}
 	e.stop = append(e.stop, e.tlsSink.close)
-	e.clientTLS = &tls.Config{RootCAs: e.ca.pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}
+	e.clientTLS = &tls.Config{RootCAs: e.ca.Pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}
 	e.target = e.sink.addr
 
-	e.srv, err = tunnel.New(tunnel.Config{Certificate: serverCert, ClientCAs: e.ca.pool,
+	e.srv, err = tunnel.New(tunnel.Config{Certificate: serverCert, ClientCAs: e.ca.Pool,
 		Registerer: prometheus.NewRegistry(), DialTimeout: 10 * time.Second})
 	if err != nil {
 		return nil, err
@@ -341,7 +309,7 @@ func setup() (*env, error) {
 // startAgent runs an agent tunnel client for node, allowed to reach the
 // sink, and returns its stop function.
 func (e *env) startAgent(node string, logWarnings bool) (func(), error) {
-	cert, err := e.ca.leaf("system:node:"+node, []string{"system:nodes"}, false)
+	cert, err := e.ca.Leaf("system:node:"+node, []string{"system:nodes"}, false)
 	if err != nil {
 		return nil, err
 	}
@@ -353,7 +321,7 @@ func (e *env) startAgent(node string, logWarnings bool) (func(), error) {
 		Servers: []string{e.srvAddr}, ServerName: "localhost", NodeName: node,
 		Allow:             []string{e.target},
 		ClientCertificate: func() (*tls.Certificate, error) { return cert, nil },
-		Roots:             func() (*x509.CertPool, error) { return e.ca.pool, nil },
+		Roots:             func() (*x509.CertPool, error) { return e.ca.Pool, nil },
 		Registerer:        prometheus.NewRegistry(),
 		Logger:            log,
 	})
