@@ -607,6 +607,10 @@ func TestReloadRun(t *testing.T) {
 		_, body := ts.get(t, c, attrs+"cluster-location")
 		return body == "europe-west4"
 	}, 5*time.Second, 5*time.Millisecond)
+	// The counter moves just after the new data is served.
+	require.Eventually(t, func() bool {
+		return ts.metric(t, "nodetrust_metadata_reloads_total", "result", "ok") >= 1
+	}, 5*time.Second, 5*time.Millisecond)
 	assert.Equal(t, 1.0, ts.metric(t, "nodetrust_metadata_reloads_total", "result", "ok"))
 }
 
