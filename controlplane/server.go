@@ -208,8 +208,10 @@ type SignerConfig struct {
 	Socket string
 	// MaxDuration caps certificate lifetimes; 0 means one year.
 	MaxDuration time.Duration
-	Clock       clock.Clock
-	Logger      *slog.Logger
+	// Backdate: see signer.Config (0: 5 minutes).
+	Backdate time.Duration
+	Clock    clock.Clock
+	Logger   *slog.Logger
 }
 
 // RunSigner loads the cluster CA (refusing a key file readable by others),
@@ -227,7 +229,7 @@ func RunSigner(ctx context.Context, cfg SignerConfig) error {
 	if err != nil {
 		return err
 	}
-	srv := signer.New(signer.Config{CACert: cert, CAKey: key, MaxDuration: cfg.MaxDuration, Clock: cfg.Clock, Logger: cfg.Logger})
+	srv := signer.New(signer.Config{CACert: cert, CAKey: key, MaxDuration: cfg.MaxDuration, Backdate: cfg.Backdate, Clock: cfg.Clock, Logger: cfg.Logger})
 	if cfg.Logger != nil {
 		cfg.Logger.Info("signer listening", "socket", cfg.Socket, "ca", p.CACert())
 	}

@@ -34,8 +34,13 @@ type Config struct {
 	CAKey  crypto.Signer
 	// MaxDuration caps certificate lifetimes; 0 means one year.
 	MaxDuration time.Duration
-	Clock       clock.Clock
-	Logger      *slog.Logger
+	// Backdate is how far before now certificates start, for clocks that
+	// run a little behind; 0 means pki.Backdate (5 minutes, as
+	// kube-controller-manager). Demos with lifetimes of seconds shorten it,
+	// since renewal is planned from the start of the validity.
+	Backdate time.Duration
+	Clock    clock.Clock
+	Logger   *slog.Logger
 }
 
 // Server signs approved requests.
@@ -51,6 +56,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Backdate <= 0 {
+		cfg.Backdate = pki.Backdate
 	}
 	return &Server{cfg: cfg}
 }
@@ -86,7 +94,7 @@ func (s *Server) Sign(csr *certv1.CertificateSigningRequest) ([]byte, error) {
 		IPs:           req.IPAddresses,
 		KeyUsage:      ku,
 		ExtKeyUsage:   eku,
-		NotBefore:     now.Add(-pki.Backdate),
+		NotBefore:     now.Add(-s.cfg.Backdate),
 		NotAfter:      now.Add(d),
 	}, req.PublicKey, s.cfg.CACert, s.cfg.CAKey)
 	if err != nil {

@@ -83,3 +83,35 @@ func TestSignerRevalidates(t *testing.T) {
 		}
 	}
 }
+
+// TestBackdate: certificates start Backdate before now (5 minutes unless
+// set), so renewal planned from NotBefore works for lifetimes of seconds.
+func TestBackdate(t *testing.T) {
+	now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	caKey, _ := pki.GenerateKey()
+	ca, err := pki.NewCA("ca", caKey, now, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	approved := certv1.CertificateSigningRequestStatus{Conditions: []certv1.CertificateSigningRequestCondition{{Type: certv1.CertificateApproved, Status: "True"}}}
+	for _, tc := range []struct {
+		backdate, want time.Duration
+	}{{0, 5 * time.Minute}, {time.Second, time.Second}} {
+		srv := New(Config{CACert: ca, CAKey: caKey, Clock: clock.NewFake(now), MaxDuration: 20 * time.Second, Backdate: tc.backdate})
+		key, _ := pki.GenerateKey()
+		req, _ := pki.NewCSR(key, "system:node:n1", []string{"system:nodes"}, nil, nil)
+		pemCert, err := srv.Sign(&certv1.CertificateSigningRequest{ObjectMeta: metav1.ObjectMeta{Name: "r"},
+			Spec: certv1.CertificateSigningRequestSpec{Request: req, SignerName: csrpolicy.SignerKubeletClient,
+				Usages: []certv1.KeyUsage{certv1.UsageDigitalSignature, certv1.UsageClientAuth}}, Status: approved})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, _ := pki.ParseCerts(pemCert)
+		if got := now.Sub(cert[0].NotBefore); got != tc.want {
+			t.Errorf("Backdate %v: starts %v before now, want %v", tc.backdate, got, tc.want)
+		}
+		if got := cert[0].NotAfter.Sub(now); got != 20*time.Second {
+			t.Errorf("Backdate %v: ends %v after now, want 20s", tc.backdate, got)
+		}
+	}
+}
