@@ -41,9 +41,11 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Tools and Debian packages the tests need. Nothing so far beyond Go.
+# Tools and Debian packages the tests need: Go, and as root the Debian
+# packages of the machine tests (qemu, debootstrap, nspawn, a kernel, rpm, linters).
 deps:
 	@$(GO) version >/dev/null
+	@sh test/machine/install-deps.sh
 
 clean:
 	rm -rf bin
