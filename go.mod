@@ -17,6 +17,8 @@ require (
 
 require sigs.k8s.io/apiserver-network-proxy v0.36.0
 
+require github.com/coreos/go-systemd/v22 v22.7.0
+
 require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260226221140-a57be14db171 // indirect
 	sigs.k8s.io/apiserver-network-proxy/konnectivity-client v0.37.0
