@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 
 	"github.com/nodetrust/nodetrust/metadata/mdclient"
@@ -51,8 +50,9 @@ var ErrBadCredential = errors.New("malformed bootstrap credential")
 // tampered with; do not use it.
 var ErrPinMismatch = errors.New("no CA certificate matches the CA pin")
 
-// ErrNoCA is returned by Fetch when a credential was found but no CA
-// bundle: Config.CAFile is empty and kube-env has no CA_CERT.
+// ErrNoCA is returned by Fetch and CABundle when no CA bundle was found:
+// Config.CAFile is empty, no nodetrust-ca-bundle attribute is on the
+// instance or project, and kube-env has no CA_CERT.
 var ErrNoCA = errors.New("no CA bundle for the bootstrap credential")
 
 // ErrInvalidConfig is returned by Fetch when the Config itself is unusable:
@@ -86,6 +86,11 @@ type Config struct {
 	// the secret. When empty, kube-env's CA_CERT is used.
 	CAFile string
 
+	// CABundleAttribute is the instance, then project, attribute holding
+	// the cluster's PEM trust bundle, used when CAFile is empty and before
+	// kube-env's CA_CERT. Empty means DefaultCABundleAttribute.
+	CABundleAttribute string
+
 	// CAPin is optional, "sha256:<hex of the SHA-256 of a CA certificate's
 	// DER SubjectPublicKeyInfo>", as kubeadm's
 	// --discovery-token-ca-cert-hash. When set, at least one CA
@@ -115,7 +120,9 @@ type Credential struct {
 	// "instance/attributes/nodetrust-bootstrap-token" or
 	// "instance/attributes/kube-env KUBELET_BOOTSTRAP_TOKEN".
 	Source string
-	// CASource is where CABundle came from: a file path or
+	// CASource is where CABundle came from: a file path,
+	// "instance/attributes/nodetrust-ca-bundle",
+	// "project/attributes/nodetrust-ca-bundle" or
 	// "instance/attributes/kube-env CA_CERT".
 	CASource string
 }
@@ -167,67 +174,27 @@ func redactToken(t string) string {
 // KUBELET_CERT and KUBELET_KEY. An undefined or empty attribute or key is
 // skipped; the first one present is used and must be valid (a malformed
 // one fails with ErrBadCredential rather than falling through, so that a
-// mistake is seen). It then loads the CA bundle (CAFile, else kube-env
-// CA_CERT) and checks CAPin.
+// mistake is seen). It then loads the CA bundle as CABundle does and
+// checks CAPin.
 func (c *Config) Fetch(ctx context.Context) (*Credential, error) {
 	if c.Metadata == nil {
 		return nil, fmt.Errorf("bootstrap: %w: no metadata client", ErrInvalidConfig)
 	}
-	var pin []byte
-	if c.CAPin != "" {
-		var err error
-		if pin, err = parsePin(c.CAPin); err != nil {
-			return nil, fmt.Errorf("bootstrap: %w: CAPin: %w", ErrInvalidConfig, err)
-		}
+	pin, err := c.pin()
+	if err != nil {
+		return nil, err
 	}
-	log := c.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := c.logger()
 	tokenAttr := or(c.TokenAttribute, DefaultTokenAttribute)
 	envAttr := or(c.KubeEnvAttribute, DefaultKubeEnvAttribute)
-	envSource := "instance/attributes/" + envAttr
 
 	cred, env, err := c.find(ctx, log, tokenAttr, envAttr)
 	if err != nil {
 		return nil, err
 	}
 
-	if c.CAFile != "" {
-		b, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("bootstrap: read CA file: %w", err)
-		}
-		if cred.CABundle, err = parseCABundle(b); err != nil {
-			return nil, fmt.Errorf("bootstrap: CA file %s: %w: %w", c.CAFile, ErrBadCredential, err)
-		}
-		cred.CASource = c.CAFile
-	} else {
-		if env == nil {
-			// The credential came from the token attribute; the CA is
-			// still in kube-env, if anywhere.
-			if env, err = c.kubeEnv(ctx, log, envAttr); err != nil {
-				return nil, err
-			}
-		}
-		v := strings.TrimSpace(env[KubeEnvCA])
-		if v == "" {
-			return nil, fmt.Errorf("bootstrap: %s has no %s and CAFile is not set: %w", envSource, KubeEnvCA, ErrNoCA)
-		}
-		b, err := decodePEMValue(v)
-		if err == nil {
-			cred.CABundle, err = parseCABundle(b)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("bootstrap: %s %s: %w: %w", envSource, KubeEnvCA, ErrBadCredential, err)
-		}
-		cred.CASource = envSource + " " + KubeEnvCA
-	}
-
-	if pin != nil {
-		if err := checkPin(cred.CABundle, pin); err != nil {
-			return nil, fmt.Errorf("bootstrap: CA bundle from %s: %w", cred.CASource, err)
-		}
+	if cred.CABundle, cred.CASource, err = c.caBundle(ctx, log, env, pin); err != nil {
+		return nil, err
 	}
 	log.Info("bootstrap credential found", "credential", cred)
 	return cred, nil

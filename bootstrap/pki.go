@@ -158,3 +158,25 @@ func checkPair(certPEM, keyPEM []byte, certName, keyName string) (certOut, keyOu
 	}
 	return cb.Bytes(), pem.EncodeToMemory(&pem.Block{Type: blk.Type, Bytes: blk.Bytes}), nil
 }
+
+// CheckPin returns nil when a CA certificate of the PEM bundle has the
+// public key pin ("sha256:<hex>"), ErrInvalidConfig for a malformed pin
+// and ErrPinMismatch otherwise.
+func CheckPin(bundle []byte, pin string) error {
+	p, err := parsePin(pin)
+	if err != nil {
+		return fmt.Errorf("%w: CAPin: %w", ErrInvalidConfig, err)
+	}
+	return checkPin(bundle, p)
+}
+
+// ParseCABundle returns the certificates of a PEM bundle re-encoded, when
+// they all parse and at least one is a CA certificate (ErrBadCredential
+// otherwise).
+func ParseCABundle(b []byte) ([]byte, error) {
+	out, err := parseCABundle(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadCredential, err)
+	}
+	return out, nil
+}
