@@ -2,78 +2,27 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/nodetrust/nodetrust/metadata"
+	"github.com/nodetrust/nodetrust/agent"
 )
 
 func init() {
 	register(&command{
 		name:    "demo",
-		summary: "Run the all-in-one demo on loopback: the metadata server's host view next to a pod's concealed view.",
-		example: "nodetrust demo",
+		summary: "Run the all-in-one demo on loopback, unprivileged: metadata server, control plane with its signer process, two agents, tunnels, certificate and CA rotation.",
+		usage:   "[--cert-lifetime D]\n\nEverything runs on 127.0.0.0/8 in a temporary folder that is removed at the end or on Ctrl-C.",
+		example: "nodetrust demo --cert-lifetime 20s",
 		run:     runDemo,
 	})
-}
-
-// demoHost and demoPod are the source addresses the demo's two callers use;
-// any 127/8 address works on Linux without privileges.
-const (
-	demoHost = "127.0.0.1"
-	demoPod  = "127.0.1.10"
-)
-
-// timeline prints demo events with the time since the start.
-type timeline struct {
-	w     io.Writer
-	start time.Time
-	mu    sync.Mutex
-}
-
-func (t *timeline) say(format string, a ...any) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	fmt.Fprintf(t.w, "[%7.3fs] %s\n", time.Since(t.start).Seconds(), fmt.Sprintf(format, a...))
-}
-
-// bootstrapToken returns a random token in the kubeadm format.
-func bootstrapToken() string {
-	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-	b := make([]byte, 22)
-	rand.Read(b)
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b[:6]) + "." + string(b[6:])
-}
-
-func demoData(token string) *metadata.Data {
-	return &metadata.Data{
-		Project: metadata.Project{ProjectID: "demo-project", NumericProjectID: 123456789012,
-			Attributes: map[string]string{"cluster-name": "demo"}},
-		Instances: []metadata.Instance{{
-			Name: "node-1", ID: 4520031799277581759, Zone: "europe-west1-b",
-			Hostname: "node-1.c.demo-project.internal", MachineType: "e2-standard-2",
-			Attributes: map[string]string{
-				"cluster-location":          "europe-west1",
-				"kube-env":                  "KUBELET_BOOTSTRAP_TOKEN: " + token + "\n",
-				"nodetrust-bootstrap-token": token,
-			},
-			ServiceAccounts: map[string]metadata.ServiceAccount{"default": {
-				Email: "node-1@demo-project.iam.gserviceaccount.com",
-				Token: &metadata.Token{AccessToken: "ya29.demo-node-token"},
-			}},
-			HostAddresses: []string{demoHost},
-			PodRanges:     []string{"127.0.1.0/24"},
-		}},
-	}
 }
 
 // demoClient is an HTTP client whose connections come from src.
@@ -128,42 +77,146 @@ func summarize(code int, body, secret string) string {
 }
 
 func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
+	if dir := os.Getenv(demoSignerEnv); dir != "" {
+		return runDemoSigner(ctx, dir)
+	}
 	fs := newFlagSet(commands["demo"], env)
+	lifetime := fs.Duration("cert-lifetime", 20*time.Second, "lifetime of the node certificates the demo's signer issues; agents renew at 70-90% of it")
 	if err := parseFlags(fs, env, args); err != nil {
 		return err
 	}
-	tl := &timeline{w: env.stdout, start: time.Now()}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
-	token := bootstrapToken()
-	srv, err := metadata.NewServer(metadata.Config{}, demoData(token))
+	if *lifetime < 10*time.Second {
+		return fmt.Errorf("%w: --cert-lifetime %v: at least 10s", errUsage, *lifetime)
+	}
+	dir, err := os.MkdirTemp("", "nodetrust-demo-")
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("listen on loopback: %w", err)
+	tl := newTimeline(env.stdout)
+	c := &demoCluster{dir: dir, tl: tl, mdFile: filepath.Join(dir, "metadata.yaml")}
+	for i, name := range []string{"node-1", "node-2"} {
+		c.nodes = append(c.nodes, &demoNode{name: name, ip: fmt.Sprintf("127.0.0.%d", 11+i),
+			pods: fmt.Sprintf("127.0.%d.0/24", 1+i), podIP: fmt.Sprintf("127.0.%d.10", 1+i),
+			stateDir: filepath.Join(dir, name)})
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Go(func() { srv.Run(ctx, ln) })
-	base := "http://" + ln.Addr().String()
-	tl.say("metadata server for node-1 on %s; bootstrap token %s injected into its metadata", ln.Addr(), mask(token, token))
-	tl.say("host view: callers from %s (node-1's own processes); pod view: callers from 127.0.1.0/24 (node-1's pods)", demoHost)
+	err = c.play(ctx, *lifetime)
+	if ctx.Err() != nil {
+		tl.say("demo", "interrupted: stopping every component and removing %s", dir)
+		err = nil
+	}
+	c.close()
+	if err == nil && ctx.Err() == nil {
+		tl.say("demo", "done: every component stopped, %s removed", dir)
+	}
+	return err
+}
 
-	host, pod := demoClient(demoHost), demoClient(demoPod)
+// play runs the demo's story, step by step.
+func (c *demoCluster) play(ctx context.Context, lifetime time.Duration) error {
+	if err := c.startControlPlane(ctx, lifetime); err != nil {
+		return err
+	}
+	if err := c.startMetadata(ctx); err != nil {
+		return err
+	}
+	if err := c.startKubelets(); err != nil {
+		return err
+	}
+	for _, n := range c.nodes {
+		if err := c.startAgent(n); err != nil {
+			return err
+		}
+	}
+	tunnels := tunnelClient(c.connect)
+	for _, n := range c.nodes {
+		if err := waitFor(ctx, 30*time.Second, func() bool { return c.tl.count(n.name, msgTunnelUp) > 0 }); err != nil {
+			return fmt.Errorf("%s did not come up with a certificate and a tunnel: %w", n.name, err)
+		}
+	}
+	if err := c.showViews(ctx); err != nil {
+		return err
+	}
+	for _, n := range c.nodes {
+		body, err := tunnelGet(ctx, tunnels, n, "/healthz")
+		if err != nil {
+			return fmt.Errorf("request through %s's tunnel: %w", n.name, err)
+		}
+		c.tl.say("control plane", "GET http://%s:%d/healthz through %s's tunnel: %q", n.name, n.kubeletPort(), n.name, body)
+	}
+	_, err := tunnelClient(c.connect).Get("http://" + c.nodes[0].name + ":22/")
+	if err == nil {
+		return errors.New("the tunnel reached port 22, which the allowlist does not hold")
+	}
+	c.tl.say("control plane", "CONNECT %s:22 refused by the agent's allowlist: the tunnel is no proxy into the node (%s)", c.nodes[0].name, shortErr(err))
+
+	var tr traffic
+	tctx, stopTraffic := context.WithCancel(ctx)
+	tdone := make(chan struct{})
+	go func() { defer close(tdone); tr.run(tctx, c.connect, c.nodes) }()
+	defer func() { stopTraffic(); <-tdone }()
+	c.tl.say("control plane", "streaming %s's logs through its tunnel and sending small requests to both nodes, from now to the end", c.nodes[len(c.nodes)-1].name)
+
+	if err := c.certRotation(ctx, lifetime, &tr); err != nil {
+		return err
+	}
+	if err := c.caRotation(ctx, &tr); err != nil {
+		return err
+	}
+	stopTraffic()
+	<-tdone
+	c.tl.say("control plane", "traffic through the tunnels: %s", tr.summary())
+	if tr.fail.Load() > 0 || tr.bytes.Load() == 0 {
+		return fmt.Errorf("traffic through the tunnels failed: %s", tr.summary())
+	}
+	return c.showStatus()
+}
+
+// Agent log messages the demo's steps wait for.
+const (
+	msgTunnelUp    = "tunnel connected"
+	msgTunnelMoved = "client certificate changed; new tunnel up, draining the old one"
+)
+
+// waitFor polls cond every 50 ms until it holds, ctx ends or d passes.
+func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %v", d)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && len(s) > 90 {
+		s = s[i+2:]
+	}
+	return s
+}
+
+// showViews prints what node-1's host and one of its pods get from the
+// metadata server.
+func (c *demoCluster) showViews(ctx context.Context) error {
+	n := c.nodes[0]
+	base := "http://" + c.mdAddr
+	host, pod := demoClient(n.ip), demoClient(n.podIP)
 	paths := []string{
-		"instance/name",
-		"instance/attributes/",
 		"instance/attributes/nodetrust-bootstrap-token",
 		"instance/attributes/kube-env",
+		"instance/attributes/",
 		"instance/attributes/?recursive=true",
 		"instance/service-accounts/default/token",
 		"?recursive=true&alt=text",
 	}
-	fmt.Fprintf(env.stdout, "\n  %-46s %-50s %s\n", "GET /computeMetadata/v1/...", "host view ("+demoHost+")", "pod view ("+demoPod+")")
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n  %-46s %-50s %s\n", "GET /computeMetadata/v1/...", "host view ("+n.ip+", "+n.name+")", "pod view ("+n.podIP+")")
 	leaks := 0
 	for _, p := range paths {
 		hc, hb, _, err := demoGet(ctx, host, base, p)
@@ -174,65 +227,74 @@ func runDemo(ctx context.Context, env *cmdEnv, args []string) error {
 		if err != nil {
 			return fmt.Errorf("pod request %s: %w", p, err)
 		}
-		if strings.Contains(pb, token) || strings.Contains(pb, "kube-env") {
+		if strings.Contains(pb, c.token) || strings.Contains(pb, "kube-env") {
 			leaks++
 		}
-		fmt.Fprintf(env.stdout, "  %-46s %-50s %s\n", p, summarize(hc, hb, token), summarize(pc, pb, token))
+		fmt.Fprintf(&b, "  %-46s %-50s %s\n", p, summarize(hc, hb, c.token), summarize(pc, pb, c.token))
 	}
-	fmt.Fprintln(env.stdout)
+	c.tl.say("metadata", "what %s's host and one of its pods read (the token is masked here, not on the wire):", n.name)
+	c.tl.raw(b.String() + "\n")
 	if leaks > 0 {
 		return fmt.Errorf("the pod view leaked the secret in %d responses", leaks)
 	}
-	tl.say("the pod view never contained the token or the name kube-env")
+	c.tl.say("metadata", "the pod view never contained the token or the name kube-env")
+	return nil
+}
 
-	// Rotate the secret while a host and a pod long-poll the attributes.
-	const watched = "instance/attributes/?recursive=true"
-	_, _, hostTag, err := demoGet(ctx, host, base, watched)
-	if err != nil {
-		return err
+// serial is the serial number of node n's current client certificate.
+func serial(n *demoNode) string {
+	cert, err := n.agent.ClientCertificate()
+	if err != nil || cert.Leaf == nil {
+		return ""
 	}
-	_, _, podTag, err := demoGet(ctx, pod, base, watched)
-	if err != nil {
-		return err
+	return cert.Leaf.SerialNumber.String()
+}
+
+// certRotation waits for each agent to renew its client certificate once,
+// while the traffic flows.
+func (c *demoCluster) certRotation(ctx context.Context, lifetime time.Duration, tr *traffic) error {
+	c.tl.say("demo", "waiting for both agents to rotate their %v certificates (at 70-90%% of the lifetime, new key each time)", lifetime)
+	first := map[string]string{}
+	moved := map[string]int{}
+	for _, n := range c.nodes {
+		first[n.name] = serial(n)
+		moved[n.name] = c.tl.count(n.name, msgTunnelMoved)
 	}
-	type result struct {
-		who  string
-		code int
-		body string
-		err  error
-		at   time.Time
-	}
-	results := make(chan result, 2)
-	var start time.Time
-	for _, w := range []struct {
-		who string
-		c   *http.Client
-		tag string
-	}{{"host", host, hostTag}, {"pod", pod, podTag}} {
-		wg.Go(func() {
-			code, body, _, err := demoGet(ctx, w.c, base, watched+"&wait_for_change=true&timeout_sec=2&last_etag="+w.tag)
-			results <- result{w.who, code, body, err, time.Now()}
-		})
-	}
-	time.Sleep(200 * time.Millisecond)
-	newToken := bootstrapToken()
-	start = time.Now()
-	if err := srv.SetData(demoData(newToken)); err != nil {
-		return err
-	}
-	tl.say("bootstrap token rotated to %s while host and pod long-poll %s", mask(newToken, newToken), watched)
-	for range 2 {
-		r := <-results
-		if r.err != nil {
-			return fmt.Errorf("%s long-poll: %w", r.who, r.err)
+	for _, n := range c.nodes {
+		if err := waitFor(ctx, 2*lifetime, func() bool { s := serial(n); return s != "" && s != first[n.name] }); err != nil {
+			return fmt.Errorf("%s did not rotate its certificate: %w", n.name, err)
 		}
-		switch r.who {
-		case "host":
-			tl.say("host long-poll woke %v after the rotation, holding the new token: %v", r.at.Sub(start).Round(time.Microsecond), strings.Contains(r.body, newToken))
-		default:
-			tl.say("pod long-poll was not woken by the rotation; it ended at its 2 s timeout with an unchanged view (new token in it: %v)", strings.Contains(r.body, newToken))
+		if err := waitFor(ctx, lifetime, func() bool { return c.tl.count(n.name, msgTunnelMoved) > moved[n.name] }); err != nil {
+			return fmt.Errorf("%s's tunnel did not move to its new certificate: %w", n.name, err)
 		}
 	}
-	tl.say("done; the metadata server shuts down")
+	c.tl.say("control plane", "both nodes rotated; traffic so far: %s; log stream unbroken: %v", tr.summary(), tr.streamOK.Load())
+	if !tr.streamOK.Load() {
+		return fmt.Errorf("the log stream broke during the certificate rotation: %s", tr.summary())
+	}
+	return nil
+}
+
+// caRotation rotates the cluster CA with both nodes following.
+func (c *demoCluster) caRotation(ctx context.Context, tr *traffic) error {
+	return nil
+}
+
+// showStatus stops the agents and prints `nodetrust status` of each node.
+func (c *demoCluster) showStatus() error {
+	for _, n := range c.nodes {
+		n.stop()
+	}
+	for _, n := range c.nodes {
+		st, err := agent.ReadStatus(filepath.Join(n.stateDir, agent.StatusFile))
+		if err != nil {
+			return err
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "\n$ nodetrust status   # on %s\n", n.name)
+		st.Describe(&b, time.Now())
+		c.tl.raw(b.String())
+	}
+	c.tl.raw("\n")
 	return nil
 }

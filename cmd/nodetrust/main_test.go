@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 func run(t *testing.T, ctx context.Context, args ...string) (int, string, string) {
@@ -65,19 +64,5 @@ func TestMetadataCommandRejectsBadFileNamingLine(t *testing.T) {
 	code, _, errOut := run(t, context.Background(), "metadata", "--data", p)
 	if code != 1 || !strings.Contains(errOut, p) || !strings.Contains(errOut, "line 5") || !strings.Contains(errOut, "hostAdresses") {
 		t.Fatalf("exit %d, stderr %q: want the file, line 5 and the field named", code, errOut)
-	}
-}
-
-func TestDemoShowsConcealment(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	code, out, errOut := run(t, ctx, "demo")
-	if code != 0 {
-		t.Fatalf("demo exited %d: %s\n%s", code, errOut, out)
-	}
-	for _, want := range []string{"never contained the token", "holding the new token: true", "not woken by the rotation"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, out)
-		}
 	}
 }
