@@ -73,6 +73,7 @@ type Agent struct {
 	konn     []konnectivity.Config // one per server in konnectivity mode
 	podMD    *mdlocal.Mirror       // nil when podMetadata is off
 	steer    *steer.Steerer
+	life     lifecycle // lifecycle.go: Lifecycle, heartbeat, Reload
 
 	mu          sync.Mutex // guards nodeName, lastContact
 	nodeName    string
@@ -92,6 +93,7 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 		nodeName: cfg.NodeName,
 		caPath:   filepath.Join(cfg.StateDir, "ca.crt"),
 		status:   filepath.Join(cfg.StateDir, StatusFile),
+		life:     lifecycle{requests: make(chan reloadRequest)},
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -198,19 +200,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Wait()
 	}
 	for {
-		next := a.round(ctx)
-		if ctx.Err() != nil {
+		next := a.liveRound(ctx)
+		if ctx.Err() != nil || !a.idle(ctx, next) {
 			a.writeStatus()
 			return nil
-		}
-		wait := min(max(next.Sub(a.clock.Now()), 0), time.Duration(a.cfg.CheckInterval))
-		t := a.clock.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			a.writeStatus()
-			return nil
-		case <-t.C():
 		}
 	}
 }
@@ -423,6 +416,7 @@ func (a *Agent) runKonnectivity(ctx context.Context) {
 			a.log.Error("konnectivity tunnel not started", "server", kc.Server, "err", err)
 			continue
 		}
+		a.addTunnel(c)
 		wg.Go(func() { c.Run(ctx) })
 	}
 }
