@@ -78,6 +78,8 @@ type Agent struct {
 	mu          sync.Mutex // guards nodeName, lastContact
 	nodeName    string
 	lastContact time.Time
+
+	trust *trust // the published trust bundle (CA rotation)
 }
 
 // New returns an agent for cfg.
@@ -93,6 +95,7 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 		nodeName: cfg.NodeName,
 		caPath:   filepath.Join(cfg.StateDir, "ca.crt"),
 		status:   filepath.Join(cfg.StateDir, StatusFile),
+		trust:    newTrust(),
 		life:     lifecycle{requests: make(chan reloadRequest)},
 	}
 	if a.log == nil {
@@ -199,9 +202,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.runPodMetadata(ctx) })
 		defer wg.Wait()
 	}
+	{
+		var wg sync.WaitGroup
+		wg.Go(func() { a.runTrust(ctx) })
+		defer wg.Wait()
+	}
 	for {
 		next := a.liveRound(ctx)
-		if ctx.Err() != nil || !a.idle(ctx, next) {
+		if ctx.Err() != nil || !a.idleOrWake(ctx, next) {
 			a.writeStatus()
 			return nil
 		}

@@ -59,6 +59,16 @@ type Config struct {
 	// PodMetadata configures the node-local concealing metadata server for
 	// pods; see docs/metadata.md.
 	PodMetadata PodMetadataConfig `yaml:"podMetadata"`
+	// Trust configures how the agent follows the cluster's trust bundle
+	// through CA rotations (docs/rotation.md).
+	Trust TrustConfig `yaml:"trust"`
+}
+
+// TrustConfig configures the trust-bundle check.
+type TrustConfig struct {
+	// CheckInterval is how often the trust-bundle ConfigMap is read, with
+	// jitter (default 1m).
+	CheckInterval Duration `yaml:"checkInterval"`
 }
 
 // PodMetadataConfig configures the metadata server the agent serves pods:
@@ -207,6 +217,9 @@ func (c *Config) setDefaults() {
 	if c.CheckInterval == 0 {
 		c.CheckInterval = Duration(time.Minute)
 	}
+	if c.Trust.CheckInterval == 0 {
+		c.Trust.CheckInterval = Duration(time.Minute)
+	}
 	if c.CSRTimeout == 0 {
 		c.CSRTimeout = Duration(15 * time.Minute)
 	}
@@ -249,6 +262,9 @@ func (c *Config) validate() error {
 	}
 	if c.CheckInterval < 0 || c.CSRTimeout < 0 {
 		return bad("checkInterval/csrTimeout", "must be positive")
+	}
+	if c.Trust.CheckInterval < 0 {
+		return bad("trust.checkInterval", "must be positive")
 	}
 	for _, ip := range c.Serving.IPs {
 		if net.ParseIP(ip) == nil {

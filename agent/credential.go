@@ -32,6 +32,22 @@ type credential struct {
 	failures    int
 	retry       time.Time // no attempt before this (backoff)
 	rotations   int
+	// reissued is the trust-bundle generation this certificate was last
+	// re-issued for (because the active CA had not issued it), so a
+	// signer still on the old CA cannot make the agent loop.
+	reissued uint64
+}
+
+func (c *credential) reissuedFor() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reissued
+}
+
+func (c *credential) setReissued(gen uint64) {
+	c.mu.Lock()
+	c.reissued = gen
+	c.mu.Unlock()
 }
 
 func (c *credential) current() *certstore.Pair {

@@ -46,18 +46,37 @@ func (a *Agent) ensure(ctx context.Context, c *credential) error {
 	if c == a.serving && action == Wait && !a.servingNamesCovered(ctx, p.Cert) {
 		action = Renew // the node's addresses changed
 	}
+	var reissueFor uint64
+	if b := a.trust.current(); action == Wait && b != nil && Reissue(now, certOf(p), b) && c.reissuedFor() != b.Generation {
+		action, reissueFor = Renew, b.Generation // a CA rotation or rollback is under way
+	}
+	if c == a.client && p != nil && action != Bootstrap && a.trust.isRejected() {
+		action = Bootstrap
+	}
 	switch action {
 	case Wait:
 		return nil
 	case Renew:
 		err = a.renew(ctx, c)
-		if c == a.client && errors.Is(err, csr.ErrUnauthorized) {
+		if unknownAuthority(err) {
+			// The servers moved to a CA this node does not trust yet.
+			if changed, rerr := a.rootsFromMetadata(ctx, a.caPEMOrNil()); rerr == nil && changed {
+				err = a.renew(ctx, c)
+			}
+		}
+		if c == a.client && clientRejected(err) {
 			a.log.Warn("the API no longer accepts the client certificate; bootstrapping from metadata", "credential", c.name)
 			err = a.bootstrapClient(ctx)
 		}
+		if err == nil && reissueFor != 0 {
+			c.setReissued(reissueFor)
+		}
 	case Bootstrap:
 		if c == a.client {
-			if p != nil {
+			switch {
+			case p != nil && a.trust.isRejected():
+				a.log.Warn("the API rejects the client certificate; bootstrapping from metadata", "issuer", p.Cert.Issuer.String())
+			case p != nil:
 				a.log.Warn("client certificate expired; bootstrapping from metadata", "not_after", p.Cert.NotAfter.UTC())
 			}
 			err = a.bootstrapClient(ctx)
@@ -176,6 +195,10 @@ func (a *Agent) obtain(ctx context.Context, c *credential, roots *x509.CertPool,
 	c.succeeded(a.clock.Now())
 	a.m.rotations.WithLabelValues(c.name, how).Inc()
 	if c == a.client {
+		if how == "bootstrap" {
+			a.trust.setRejected(false)
+		}
+		signal(a.trust.poke) // check the trust bundle with the new certificate
 		if err := certstore.WriteKubeconfig(a.cfg.Kubeconfig, a.cfg.Server, caPEM, c.store.CurrentPath(), c.store.CurrentPath()); err != nil {
 			return fmt.Errorf("%w: %w", errStore, err)
 		}
@@ -201,6 +224,15 @@ func (a *Agent) readCA() ([]byte, *x509.CertPool, error) {
 		return nil, nil, fmt.Errorf("%w: cluster CA bundle %s holds no certificate", errStore, path)
 	}
 	return b, pool, nil
+}
+
+// caPEMOrNil is the stored CA bundle, or nil.
+func (a *Agent) caPEMOrNil() []byte {
+	b, _, err := a.readCA()
+	if err != nil {
+		return nil
+	}
+	return b
 }
 
 // node returns the node name: configured, or the instance name in metadata.
