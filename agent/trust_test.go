@@ -151,7 +151,9 @@ func TestReissue(t *testing.T) {
 		require.NoError(t, err)
 		return bb
 	}
-	valid := func(ca *testCA) *x509.Certificate { return ca.leaf(t, false, now.Add(-time.Minute), now.Add(time.Hour)) }
+	valid := func(ca *testCA) *x509.Certificate {
+		return ca.leaf(t, false, now.Add(-time.Minute), now.Add(time.Hour))
+	}
 	tests := []struct {
 		name   string
 		cert   *x509.Certificate
