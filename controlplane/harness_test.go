@@ -34,6 +34,9 @@ type cluster struct {
 	stop   func() // stops the API server
 	stopSg func() // stops the signer
 	meta   string
+	// metaData, when set before start, is the metadata data file the
+	// trust bundle is published in.
+	metaData string
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -103,7 +106,8 @@ func (c *cluster) startSigner() {
 func (c *cluster) start() {
 	c.t.Helper()
 	srv, err := controlplane.NewServer(controlplane.Config{DataDir: c.dir, MetadataFile: c.meta, Clock: c.clk, Workers: 4,
-		GCInterval: 10000 * time.Hour}) // tests call Collect themselves
+		GCInterval:   10000 * time.Hour, // tests call Collect themselves
+		MetadataData: c.metaData})
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -3,9 +3,9 @@ package controlplane
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -58,6 +58,13 @@ type Config struct {
 	// MetricsListen is where /metrics is served over plain HTTP ("" for
 	// nowhere; the registry is Server.Metrics either way).
 	MetricsListen string
+	// MetadataData is the metadata data file whose project attribute
+	// nodetrust-ca-bundle carries the trust bundle ("" for none); it is
+	// rewritten on every change of the bundle (docs/rotation.md).
+	MetadataData string
+	// RotationCheck is how often a CA rotation in update-clients looks
+	// whether every node moved to the new CA; 0 means 10 s.
+	RotationCheck time.Duration
 }
 
 // Server is the API server process: HTTPS API, approver and store. It
@@ -71,6 +78,7 @@ type Server struct {
 	API        *apiserver.Server
 	tlsCfg     *tls.Config
 	signer     *signer.Client
+	rotator    *rotator
 	Tunnel     *tunnel.Server // nil without TunnelListen and TunnelConnectSocket
 	Metrics    *prometheus.Registry
 }
@@ -86,20 +94,11 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.SignerSocket == "" {
 		cfg.SignerSocket = p.SignerSocket()
 	}
-	caPEM, err := pki.ReadCertFile(p.CACert())
-	if err != nil {
+	if _, err := pki.ReadCertFile(p.CACert()); err != nil {
 		return nil, fmt.Errorf("%w (run 'nodetrust controlplane init --data-dir %s' first)", err, cfg.DataDir)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	if err := pki.CheckKeyFileMode(p.APIServerKey()); err != nil {
-		return nil, err
-	}
-	pair, err := tls.LoadX509KeyPair(p.APIServerCert(), p.APIServerKey())
-	if err != nil {
-		return nil, fmt.Errorf("API serving pair %s: %w", p.APIServerCert(), err)
-	}
 	var data *metadata.Data
+	var err error
 	if cfg.MetadataFile != "" {
 		if data, err = metadata.LoadFile(cfg.MetadataFile); err != nil {
 			return nil, fmt.Errorf("instance registry: %w", err)
@@ -110,21 +109,28 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, Store: st, signer: signer.NewClient(cfg.SignerSocket), Metrics: newMetricsRegistry()}
+	if s.rotator, err = newRotator(cfg, p, s.signer, st); err != nil {
+		st.Close()
+		return nil, err
+	}
+	cur := s.rotator.creds.Load()
+	pair, pool := cur.cert, cur.pool
 	s.Tokens = &tokens.Manager{Store: st, Clock: cfg.Clock}
 	s.Registry = instances.New(data, st)
 	s.Controller = &approver.Controller{
 		Store: st, Registry: s.Registry, Signer: s.signer, Tokens: s.Tokens,
 		Clock: cfg.Clock, Logger: cfg.Logger, Workers: cfg.Workers, GCInterval: cfg.GCInterval,
+		OnIssued: s.rotator.issued,
 	}
 	s.API = apiserver.New(apiserver.Config{
 		Store: st, Tokens: s.Tokens, Registry: s.Registry, Clock: cfg.Clock, Logger: cfg.Logger,
-		Ready: s.ready,
+		Ready: s.ready, Rotation: s.rotator,
 	})
-	s.tlsCfg = apiserver.TLSConfig(pair, pool, cfg.Clock)
+	s.tlsCfg = s.rotator.liveTLS(apiserver.TLSConfig(pair, pool, cfg.Clock))
 	if cfg.TunnelListen != "" || cfg.TunnelConnectSocket != "" || cfg.KonnectivitySocket != "" || cfg.KonnectivityListen != "" {
 		if s.Tunnel, err = tunnel.New(tunnel.Config{Certificate: &pair, ClientCAs: pool, Clock: cfg.Clock, Logger: cfg.Logger,
 			Registerer: s.Metrics, NodeForIP: instances.NewOwners(s.Registry).NodeForIP,
-			ServerID: cfg.TunnelServerID, ServerCount: cfg.TunnelServerCount}); err != nil {
+			ServerID: cfg.TunnelServerID, ServerCount: cfg.TunnelServerCount, LiveTLS: s.rotator.liveTLS}); err != nil {
 			st.Close()
 			return nil, err
 		}
@@ -146,7 +152,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make([]error, 5)
+	errs := make([]error, 6)
 	if s.Tunnel != nil {
 		wg.Go(func() {
 			errs[2] = s.runTunnel(ctx)
@@ -171,6 +177,14 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	})
 	wg.Go(func() {
 		errs[1] = s.Controller.Run(ctx)
+		cancel()
+	})
+	wg.Go(func() {
+		check := s.cfg.RotationCheck
+		if check <= 0 {
+			check = DefaultRotationCheck
+		}
+		errs[5] = s.rotator.run(ctx, check)
 		cancel()
 	})
 	s.cfg.Logger.Info("control plane API serving", "addr", ln.Addr().String(), "signer_socket", s.cfg.SignerSocket)
@@ -221,15 +235,21 @@ func RunSigner(ctx context.Context, cfg SignerConfig) error {
 	if cfg.Socket == "" {
 		cfg.Socket = p.SignerSocket()
 	}
-	cert, key, err := signer.LoadCA(p.CACert(), p.CAKey())
+	held, err := signer.LoadDir(p.SignerDir())
 	if err != nil {
+		return err
+	}
+	// The CA made by init: its key is gone once a rotation dropped it.
+	cert, key, err := signer.LoadCA(p.CACert(), p.CAKey())
+	if err != nil && (len(held) == 0 || !errors.Is(err, fs.ErrNotExist)) {
 		return err
 	}
 	ln, err := signer.Listen(cfg.Socket)
 	if err != nil {
 		return err
 	}
-	srv := signer.New(signer.Config{CACert: cert, CAKey: key, MaxDuration: cfg.MaxDuration, Backdate: cfg.Backdate, Clock: cfg.Clock, Logger: cfg.Logger})
+	srv := signer.New(signer.Config{CACert: cert, CAKey: key, CAs: held, Dir: p.SignerDir(),
+		MaxDuration: cfg.MaxDuration, Backdate: cfg.Backdate, Clock: cfg.Clock, Logger: cfg.Logger})
 	if cfg.Logger != nil {
 		cfg.Logger.Info("signer listening", "socket", cfg.Socket, "ca", p.CACert())
 	}

@@ -87,6 +87,7 @@ func (s *Server) routes() {
 	m.HandleFunc("PUT "+base+"/{name}", s.update)
 	m.HandleFunc("PUT "+base+"/{name}/{sub}", s.update)
 	s.adminRoutes(m)
+	s.trustRoutes(m)
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, notFoundPath(r.URL.Path))
 	})

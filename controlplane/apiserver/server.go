@@ -41,6 +41,9 @@ type Config struct {
 	MaxBody int64
 	// Ready reports readiness for /readyz; nil means always ready.
 	Ready func() error
+	// Rotation serves the trust-bundle ConfigMap and the rotation admin
+	// endpoints; nil answers 404 to both.
+	Rotation Rotation
 }
 
 // Server is the API's HTTP handler.

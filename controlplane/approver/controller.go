@@ -44,6 +44,9 @@ type Controller struct {
 	Workers int
 	// GCInterval is how often old requests are collected; 0 means 1 h.
 	GCInterval time.Duration
+	// OnIssued, when set, is called after a certificate was stored for a
+	// request.
+	OnIssued func(csr *certv1.CertificateSigningRequest, certPEM []byte)
 
 	q queue
 }
@@ -197,7 +200,7 @@ func (c *Controller) handle(ctx context.Context, name string) time.Duration {
 		c.Logger.Error("sign request", "csr", name, "err", err)
 		return retryDelay
 	}
-	_, uerr := csrs.Update(c.Store, name, func(cur *certv1.CertificateSigningRequest) error {
+	stored, uerr := csrs.Update(c.Store, name, func(cur *certv1.CertificateSigningRequest) error {
 		st := csrpolicy.StateOf(cur.Status)
 		if d != nil && st != csrpolicy.Pending || d == nil && st != csrpolicy.Approved {
 			return fmt.Errorf("request %q changed state while being signed", name)
@@ -219,6 +222,9 @@ func (c *Controller) handle(ctx context.Context, name string) time.Duration {
 		c.Logger.Warn("signer refused request", "csr", name, "err", err)
 	case d != nil:
 		c.Logger.Debug("approved and issued", "csr", name, "reason", d.Reason)
+	}
+	if uerr == nil && err == nil && c.OnIssued != nil {
+		c.OnIssued(stored, pemCert)
 	}
 	return 0
 }

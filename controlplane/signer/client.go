@@ -25,7 +25,8 @@ const clientConns = 4
 // requests on each at once.
 type Client struct {
 	socket string
-	next   atomic.Uint64 // request ids, and which connection to use
+	next   atomic.Uint64          // request ids, and which connection to use
+	pin    atomic.Pointer[string] // the CA to sign with; nil or "" for the signer's newest
 
 	mu     sync.Mutex
 	conns  [clientConns]*clientConn // guarded by mu; nil or broken ones are dialled again
@@ -56,8 +57,20 @@ type clientConn struct {
 	err     error                  // guarded by mu; set once the connection broke
 }
 
-// Sign asks the signer to sign csr and returns the certificate PEM. A
-// refusal on the request's merits wraps ErrRejected.
+// SetCA makes later Sign calls ask for the CA with pin ("" for the
+// signer's newest).
+func (c *Client) SetCA(pin string) { c.pin.Store(&pin) }
+
+func (c *Client) caPin() string {
+	if p := c.pin.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// Sign asks the signer to sign csr with the CA set by SetCA and returns
+// the certificate PEM. A refusal on the request's merits wraps
+// ErrRejected.
 func (c *Client) Sign(ctx context.Context, csr *certv1.CertificateSigningRequest) ([]byte, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -70,7 +83,7 @@ func (c *Client) Sign(ctx context.Context, csr *certv1.CertificateSigningRequest
 		return nil, fmt.Errorf("call signer at %s: %w", c.socket, err)
 	}
 	ch := make(chan answer, 1)
-	if err := cc.send(id, csr, ch); err != nil {
+	if err := cc.send(id, c.caPin(), csr, ch); err != nil {
 		c.drop(cc)
 		return nil, fmt.Errorf("call signer at %s: %w", c.socket, err)
 	}
@@ -109,7 +122,7 @@ func (c *Client) conn(ctx context.Context, i int) (*clientConn, error) {
 		return nil, err
 	}
 	cc := &clientConn{c: nc, w: bufio.NewWriter(nc), pending: map[uint64]chan answer{}}
-	cc.w.WriteString(preamble)
+	cc.w.WriteString(preamble2)
 	go cc.readLoop()
 	c.conns[i] = cc
 	return cc, nil
@@ -140,16 +153,22 @@ func (cc *clientConn) ok() bool {
 }
 
 // send registers ch for id's answer and writes the request.
-func (cc *clientConn) send(id uint64, csr *certv1.CertificateSigningRequest, ch chan answer) error {
-	n := csr.Size()
-	if 8+n > maxFrame {
-		return fmt.Errorf("request %q is %d bytes; the limit is %d", csr.Name, n, maxFrame-8)
+func (cc *clientConn) send(id uint64, pin string, csr *certv1.CertificateSigningRequest, ch chan answer) error {
+	if len(pin) > 255 {
+		return fmt.Errorf("CA pin %q is too long", pin)
 	}
-	buf := make([]byte, 0, 4+8+n)
-	buf = appendFrameHeader(buf, 8+n)
+	n := csr.Size()
+	h := 8 + 1 + len(pin)
+	if h+n > maxFrame {
+		return fmt.Errorf("request %q is %d bytes; the limit is %d", csr.Name, n, maxFrame-h)
+	}
+	buf := make([]byte, 0, 4+h+n)
+	buf = appendFrameHeader(buf, h+n)
 	buf = binary.BigEndian.AppendUint64(buf, id)
-	buf = buf[:4+8+n]
-	if _, err := csr.MarshalToSizedBuffer(buf[12:]); err != nil {
+	buf = append(buf, byte(len(pin)))
+	buf = append(buf, pin...)
+	buf = buf[:4+h+n]
+	if _, err := csr.MarshalToSizedBuffer(buf[4+h:]); err != nil {
 		return fmt.Errorf("encode request %q: %w", csr.Name, err)
 	}
 	cc.mu.Lock()

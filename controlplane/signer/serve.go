@@ -94,10 +94,15 @@ func (s *Server) serveConn(c net.Conn) {
 	defer c.Close()
 	r := bufio.NewReader(c)
 	p := make([]byte, len(preamble))
-	if _, err := io.ReadFull(r, p); err != nil || string(p) != preamble {
+	if _, err := io.ReadFull(r, p); err != nil || string(p) != preamble && string(p) != preamble2 && string(p) != preambleCA {
 		s.cfg.Logger.Warn("signer connection does not speak the signer protocol; closing it", "err", err)
 		return
 	}
+	if string(p) == preambleCA {
+		s.serveCAOp(c, r)
+		return
+	}
+	withPin := string(p) == preamble2
 	var (
 		wg      sync.WaitGroup
 		sema    = make(chan struct{}, maxInFlight)
@@ -129,7 +134,13 @@ func (s *Server) serveConn(c net.Conn) {
 		wg.Go(func() {
 			defer func() { <-sema }()
 			id := binary.BigEndian.Uint64(f)
-			code, body := s.answer(f[8:])
+			var code byte
+			var body []byte
+			if pin, req, ok := splitPin(f[8:], withPin); ok {
+				code, body = s.answer(pin, req)
+			} else {
+				code, body = codeRejected, []byte("request frame: pin longer than the frame")
+			}
 			out := make([]byte, 0, 4+9+len(body))
 			out = appendFrameHeader(out, 9+len(body))
 			out = binary.BigEndian.AppendUint64(out, id)
@@ -166,13 +177,24 @@ func writeAnswers(c net.Conn, answers <-chan []byte) {
 	}
 }
 
+// splitPin cuts the CA pin off a version 2 request.
+func splitPin(b []byte, withPin bool) (pin string, req []byte, ok bool) {
+	if !withPin {
+		return "", b, true
+	}
+	if len(b) < 1 || len(b) < 1+int(b[0]) {
+		return "", nil, false
+	}
+	return string(b[1 : 1+b[0]]), b[1+b[0]:], true
+}
+
 // answer decodes and signs one request.
-func (s *Server) answer(b []byte) (byte, []byte) {
+func (s *Server) answer(pin string, b []byte) (byte, []byte) {
 	var csr certv1.CertificateSigningRequest
 	if err := csr.Unmarshal(b); err != nil {
 		return codeRejected, []byte("decode sign request: " + err.Error())
 	}
-	pemCert, err := s.Sign(&csr)
+	pemCert, err := s.SignWith(pin, &csr)
 	if err != nil {
 		s.cfg.Logger.Warn("refused to sign", "csr", csr.Name, "err", err)
 		if errors.Is(err, csrpolicy.ErrPolicy) {
@@ -180,6 +202,6 @@ func (s *Server) answer(b []byte) (byte, []byte) {
 		}
 		return codeError, []byte(err.Error())
 	}
-	s.cfg.Logger.Debug("signed", "csr", csr.Name, "signer_name", csr.Spec.SignerName)
+	s.cfg.Logger.Debug("signed", "csr", csr.Name, "signer_name", csr.Spec.SignerName, "ca_pin", pin)
 	return codeSigned, pemCert
 }

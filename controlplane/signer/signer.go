@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	certv1 "k8s.io/api/certificates/v1"
@@ -30,8 +31,15 @@ var ErrRejected = errors.New("signer rejected the request")
 
 // Config configures a Server.
 type Config struct {
+	// CACert and CAKey are the CA made by init (ID 0); nil when its key
+	// was dropped by a finished rotation.
 	CACert *x509.Certificate
 	CAKey  crypto.Signer
+	// CAs are further CAs held, made by rotations (see LoadDir).
+	CAs []HeldCA
+	// Dir is the signer's own folder, where CAs made by CreateCA are
+	// written (key 0600); "" refuses CreateCA.
+	Dir string
 	// MaxDuration caps certificate lifetimes; 0 means one year.
 	MaxDuration time.Duration
 	// Backdate is how far before now certificates start, for clocks that
@@ -43,9 +51,22 @@ type Config struct {
 	Logger   *slog.Logger
 }
 
+// HeldCA is a CA whose key the signer holds.
+type HeldCA struct {
+	ID   int
+	Cert *x509.Certificate
+	Key  crypto.Signer
+}
+
 // Server signs approved requests.
 type Server struct {
 	cfg Config
+
+	createMu sync.Mutex // serializes CreateCA and DropCA
+
+	mu  sync.RWMutex
+	cas map[string]*HeldCA // by pin; guarded by mu
+	def *HeldCA            // used when a request names no CA: the newest; guarded by mu
 }
 
 // New returns a Server.
@@ -60,11 +81,55 @@ func New(cfg Config) *Server {
 	if cfg.Backdate <= 0 {
 		cfg.Backdate = pki.Backdate
 	}
-	return &Server{cfg: cfg}
+	s := &Server{cfg: cfg, cas: map[string]*HeldCA{}}
+	if cfg.CACert != nil && cfg.CAKey != nil {
+		s.add(&HeldCA{ID: 0, Cert: cfg.CACert, Key: cfg.CAKey})
+	}
+	for i := range cfg.CAs {
+		s.add(&cfg.CAs[i])
+	}
+	return s
 }
 
-// Sign validates csr on its own and returns the signed certificate (PEM).
+// add holds ca; the newest CA is the default.
+func (s *Server) add(ca *HeldCA) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cas[Pin(ca.Cert)] = ca
+	if s.def == nil || ca.ID > s.def.ID {
+		s.def = ca
+	}
+}
+
+// ca returns the CA with pin, or the default one for "".
+func (s *Server) ca(pin string) (*HeldCA, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if pin == "" {
+		if s.def == nil {
+			return nil, errors.New("the signer holds no CA key")
+		}
+		return s.def, nil
+	}
+	ca, ok := s.cas[pin]
+	if !ok {
+		return nil, fmt.Errorf("the signer holds no key for CA %s", pin)
+	}
+	return ca, nil
+}
+
+// Sign validates csr on its own and returns the certificate (PEM) signed
+// by the newest CA the signer holds.
 func (s *Server) Sign(csr *certv1.CertificateSigningRequest) ([]byte, error) {
+	return s.SignWith("", csr)
+}
+
+// SignWith is Sign with the CA whose pin is caPin ("" for the newest).
+func (s *Server) SignWith(caPin string, csr *certv1.CertificateSigningRequest) ([]byte, error) {
+	ca, err := s.ca(caPin)
+	if err != nil {
+		return nil, err
+	}
 	if csr == nil {
 		return nil, fmt.Errorf("%w: no request", csrpolicy.ErrPolicy)
 	}
@@ -96,7 +161,7 @@ func (s *Server) Sign(csr *certv1.CertificateSigningRequest) ([]byte, error) {
 		ExtKeyUsage:   eku,
 		NotBefore:     now.Add(-s.cfg.Backdate),
 		NotAfter:      now.Add(d),
-	}, req.PublicKey, s.cfg.CACert, s.cfg.CAKey)
+	}, req.PublicKey, ca.Cert, ca.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -123,8 +188,9 @@ func Listen(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// LoadCA reads the CA certificate and key for the signer, refusing a key
-// file whose mode lets anyone but its owner read it.
+// LoadCA reads the CA key and, from the certificate file (one CA or a
+// trust bundle), the certificate of that key, refusing a key file whose
+// mode lets anyone but its owner read it.
 func LoadCA(certPath, keyPath string) (*x509.Certificate, crypto.Signer, error) {
 	key, err := pki.ReadKeyFile(keyPath)
 	if err != nil {
@@ -135,5 +201,15 @@ func LoadCA(certPath, keyPath string) (*x509.Certificate, crypto.Signer, error) 
 		return nil, nil, err
 	}
 	certs, _ := pki.ParseCerts(b)
-	return certs[0], key, nil
+	for _, c := range certs {
+		if samePublicKey(c.PublicKey, key.Public()) {
+			return c, key, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("no certificate in %s matches the CA key %s", certPath, keyPath)
+}
+
+func samePublicKey(a, b crypto.PublicKey) bool {
+	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ea.Equal(b)
 }

@@ -21,7 +21,22 @@ import (
 // come back in any order, matched by id. The signer decodes and checks
 // every request on its own; the framing only replaces HTTP and JSON,
 // which cost more than the checks.
+//
+// Version 2 (preamble2) adds the CA to sign with to each request:
+//
+//	request:  id (8 bytes) | pin length (1 byte) | pin | the CertificateSigningRequest in protobuf
+//
+// where an empty pin means the newest CA the signer holds (as in version
+// 1). A connection opened with preambleCA carries one CA operation: one
+// request frame (caOp JSON) and one answer frame (code | JSON or error
+// text), then it is closed.
 const preamble = "nodetrust-signer/1\n"
+
+// preamble2 and preambleCA have the length of preamble.
+const (
+	preamble2  = "nodetrust-signer/2\n"
+	preambleCA = "nodetrust-signer/c\n"
+)
 
 // Answer codes.
 const (

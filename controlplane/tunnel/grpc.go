@@ -42,13 +42,18 @@ func (s *Server) ServeKonnectivity(ctx context.Context, ln net.Listener, useTLS 
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepAlive, Timeout: s.cfg.PingTimeout}),
 	}
 	if useTLS {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{
+		cfg := &tls.Config{
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{*s.cfg.Certificate},
 			ClientAuth:   tls.RequireAndVerifyClientCert,
 			ClientCAs:    s.cfg.ClientCAs,
+			NextProtos:   []string{"h2"},
 			Time:         s.clock.Now,
-		})))
+		}
+		if s.cfg.LiveTLS != nil {
+			cfg = s.cfg.LiveTLS(cfg)
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg)))
 	}
 	gs := grpc.NewServer(opts...)
 	konnectivity.RegisterProxyServiceServer(gs, &proxyService{s: s, tls: useTLS})

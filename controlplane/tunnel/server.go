@@ -44,6 +44,10 @@ type Config struct {
 	// streams (default DefaultAuthorizeFrontend). UNIX-socket clients are
 	// trusted: the socket is mode 0600.
 	AuthorizeFrontend func(*x509.Certificate) error
+	// LiveTLS, when set, wraps every TLS configuration the server builds
+	// from Certificate and ClientCAs, so that both can change while it
+	// runs (CA rotation; see docs/rotation.md).
+	LiveTLS func(*tls.Config) *tls.Config
 	// NodeForIP names the node that owns an IP address, for frontend
 	// targets <ip>:<port> (the control plane passes the instance
 	// registry's); nil means only tunnels' source addresses are used. See
@@ -128,6 +132,9 @@ func New(cfg Config) (*Server, error) {
 		ClientCAs:    cfg.ClientCAs,
 		NextProtos:   []string{tunnelwire.ALPN, "http/1.1"},
 		Time:         s.clock.Now,
+	}
+	if cfg.LiveTLS != nil {
+		s.tlsCfg = cfg.LiveTLS(s.tlsCfg)
 	}
 	s.h2 = &http2.Transport{
 		MaxReadFrameSize: tunnelwire.MaxFrameSize,

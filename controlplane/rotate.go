@@ -1,0 +1,380 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nodetrust/nodetrust/controlplane/apiserver"
+	"github.com/nodetrust/nodetrust/controlplane/pki"
+	"github.com/nodetrust/nodetrust/controlplane/rotation"
+	"github.com/nodetrust/nodetrust/controlplane/signer"
+	"github.com/nodetrust/nodetrust/controlplane/store"
+	"github.com/nodetrust/nodetrust/internal/clock"
+)
+
+// RotationState is the cluster-CA rotation state file.
+func (p Paths) RotationState() string { return p.join("pki", "rotation.json") }
+
+// SignerDir is the signer's own folder: CA keys, nothing else reads it.
+func (p Paths) SignerDir() string { return p.join("signer") }
+
+// caDir holds the API's credentials under CA id: pki/ for the CA made by
+// init, pki/ca-<id>/ for those made by rotations.
+func (p Paths) caDir(id int) string {
+	if id == 0 {
+		return p.join("pki")
+	}
+	return p.join("pki", "ca-"+strconv.Itoa(id))
+}
+
+func (p Paths) servingPair(id int) (cert, key string) {
+	d := p.caDir(id)
+	return filepath.Join(d, "apiserver.crt"), filepath.Join(d, "apiserver.key")
+}
+
+func (p Paths) adminPair(id int) (cert, key string) {
+	d := p.caDir(id)
+	return filepath.Join(d, "admin.crt"), filepath.Join(d, "admin.key")
+}
+
+// creds is what the TLS servers present and accept now.
+type creds struct {
+	gen  uint64
+	cert tls.Certificate
+	pool *x509.CertPool
+}
+
+// rotator runs the cluster-CA rotation of the API process: it holds the
+// phase state, persists every change before acting on it, and applies it
+// (signer's CA, serving certificate, client CAs, published bundle).
+type rotator struct {
+	paths    Paths
+	metaData string // metadata data file to publish the bundle in; "" for none
+	signer   *signer.Client
+	store    *store.Store
+	clk      clock.Clock
+	log      *slog.Logger
+
+	mu    sync.Mutex     // serializes actions
+	state rotation.State // guarded by mu; read through snap
+
+	snap  atomic.Pointer[rotation.State]
+	creds atomic.Pointer[creds]
+	nodes nodeIssuers
+	kick  chan struct{} // a node's CA changed
+}
+
+func newRotator(cfg Config, p Paths, sc *signer.Client, st *store.Store) (*rotator, error) {
+	r := &rotator{paths: p, metaData: cfg.MetadataData, signer: sc, store: st, clk: cfg.Clock, log: cfg.Logger,
+		kick: make(chan struct{}, 1)}
+	s, err := rotation.Load(p.RotationState())
+	switch {
+	case rotation.IsNotExist(err):
+		b, err := pki.ReadCertFile(p.CACert())
+		if err != nil {
+			return nil, fmt.Errorf("%w (run 'nodetrust controlplane init --data-dir %s' first)", err, p.DataDir)
+		}
+		certs, _ := pki.ParseCerts(b)
+		s = rotation.Initial(rotation.CA{ID: 0, Pin: pki.Pin(certs[0]), Cert: pki.EncodeCert(certs[0])})
+	case err != nil:
+		return nil, err
+	}
+	if err := r.nodes.load(st); err != nil {
+		return nil, err
+	}
+	r.state = s
+	if err := r.apply(s); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// apply makes everything follow s; it is idempotent, so a crash after s
+// was saved is repaired by applying s again at start.
+func (r *rotator) apply(s rotation.State) error {
+	r.signer.SetCA(s.Active)
+	pool := x509.NewCertPool()
+	for _, ca := range s.CAs {
+		if !pool.AppendCertsFromPEM(ca.Cert) {
+			return fmt.Errorf("rotation state: CA %d has no certificate", ca.ID)
+		}
+	}
+	crt, key := r.paths.servingPair(s.ServingCA().ID)
+	if err := pki.CheckKeyFileMode(key); err != nil {
+		return err
+	}
+	pair, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		return fmt.Errorf("API serving pair %s: %w", crt, err)
+	}
+	r.creds.Store(&creds{gen: s.Generation, cert: pair, pool: pool})
+	r.snap.Store(&s)
+	bundle := s.BundlePEM()
+	if err := writeIfChanged(r.paths.CACert(), bundle, 0o644); err != nil {
+		return err
+	}
+	if err := r.writeAdminKubeconfig(s); err != nil {
+		return err
+	}
+	if r.metaData != "" {
+		if err := PublishBundle(r.metaData, bundle); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeAdminKubeconfig points the admin kubeconfig at the active CA's
+// admin certificate, trusting the whole bundle.
+func (r *rotator) writeAdminKubeconfig(s rotation.State) error {
+	path := r.paths.AdminKubeconfig()
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("admin kubeconfig: %w", err)
+	}
+	server, err := kubeconfigServer(old)
+	if err != nil {
+		return fmt.Errorf("admin kubeconfig %s: %w", path, err)
+	}
+	crt, key := r.paths.adminPair(s.ActiveCA().ID)
+	certPEM, err := os.ReadFile(crt)
+	if err != nil {
+		return fmt.Errorf("admin certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(key)
+	if err != nil {
+		return fmt.Errorf("admin key: %w", err)
+	}
+	kc, err := pki.Kubeconfig("nodetrust", server, s.BundlePEM(), "nodetrust-admin", pki.Credentials{CertPEM: certPEM, KeyPEM: keyPEM})
+	if err != nil {
+		return err
+	}
+	return writeIfChanged(path, kc, 0o600)
+}
+
+func writeIfChanged(path string, b []byte, mode os.FileMode) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
+		return nil
+	}
+	return pki.WriteFile(path, b, mode)
+}
+
+// commit saves s, then applies it. Called with mu held.
+func (r *rotator) commit(s rotation.State) error {
+	if err := rotation.Save(r.paths.RotationState(), s); err != nil {
+		return err
+	}
+	r.state = s
+	r.log.Info("CA rotation", "phase", string(s.Phase), "active_ca", s.Active, "generation", s.Generation)
+	return r.apply(s)
+}
+
+// phaseError is a refused action: apiserver answers it with 409.
+type phaseError struct{ error }
+
+func (e phaseError) Unwrap() error { return e.error }
+func (e phaseError) Is(target error) bool {
+	return target == apiserver.ErrRotationPhase
+}
+
+// Act runs a rotation action.
+func (r *rotator) Act(ctx context.Context, action string) (apiserver.RotationStatus, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var next rotation.State
+	var err error
+	switch action {
+	case "start":
+		if r.state.Phase != rotation.Idle {
+			_, err = rotation.Start(r.state, rotation.CA{})
+			break
+		}
+		var ca rotation.CA
+		if ca, err = r.prepareCA(ctx, r.state.NextID()); err == nil {
+			next, err = rotation.Start(r.state, ca)
+		}
+	case "complete":
+		next, err = rotation.Complete(r.state)
+	case "rollback":
+		next, err = rotation.Rollback(r.state)
+	default:
+		err = fmt.Errorf("unknown rotation action %q", action)
+	}
+	if err != nil {
+		if errors.Is(err, rotation.ErrPhase) {
+			err = phaseError{err}
+		}
+		return r.Status(), err
+	}
+	dropped := r.state.CAs
+	if err := r.commit(next); err != nil {
+		return r.Status(), err
+	}
+	if next.Phase == rotation.Idle {
+		for _, ca := range dropped {
+			if ca.Pin != next.Active {
+				r.dropAtSigner(ctx, ca)
+			}
+		}
+	}
+	return r.Status(), nil
+}
+
+// dropAtSigner asks the signer to delete a CA key no longer trusted. A
+// failure is logged only: the key then stays in the signer's folder, but
+// the CA is trusted nowhere.
+func (r *rotator) dropAtSigner(ctx context.Context, ca rotation.CA) {
+	if err := r.signer.DropCA(ctx, ca.Pin); err != nil {
+		r.log.Warn("signer did not drop the key of a CA no longer trusted; delete it by hand from the signer folder", "ca_id", ca.ID, "ca_pin", ca.Pin, "err", err)
+	}
+}
+
+// prepareCA has the signer make CA id, with an admin and a serving
+// certificate for keys made here first. Keys are written before the
+// signer is asked, and the signer answers the same for the same id, so
+// a crash anywhere in between is repaired by running start again.
+func (r *rotator) prepareCA(ctx context.Context, id int) (rotation.CA, error) {
+	if err := os.MkdirAll(r.paths.caDir(id), 0o700); err != nil {
+		return rotation.CA{}, fmt.Errorf("rotate start: %w", err)
+	}
+	servingCrt, servingKeyPath := r.paths.servingPair(id)
+	adminCrt, adminKeyPath := r.paths.adminPair(id)
+	servingKey, err := keyFile(servingKeyPath)
+	if err != nil {
+		return rotation.CA{}, err
+	}
+	adminKey, err := keyFile(adminKeyPath)
+	if err != nil {
+		return rotation.CA{}, err
+	}
+	// The serving certificate keeps the names of the one made by init.
+	cur, err := tls.LoadX509KeyPair(r.paths.APIServerCert(), r.paths.APIServerKey())
+	if err != nil {
+		return rotation.CA{}, fmt.Errorf("rotate start: API serving pair %s: %w", r.paths.APIServerCert(), err)
+	}
+	leaf, err := x509.ParseCertificate(cur.Certificate[0])
+	if err != nil {
+		return rotation.CA{}, fmt.Errorf("rotate start: %s: %w", r.paths.APIServerCert(), err)
+	}
+	servingCSR, err := pki.NewCSR(servingKey, signer.ServingCommonName, nil, leaf.DNSNames, leaf.IPAddresses)
+	if err != nil {
+		return rotation.CA{}, err
+	}
+	adminCSR, err := pki.NewCSR(adminKey, signer.AdminCommonName, []string{"system:masters"}, nil, []net.IP(nil))
+	if err != nil {
+		return rotation.CA{}, err
+	}
+	a, err := r.signer.CreateCA(ctx, signer.CreateRequest{ID: id, AdminCSR: adminCSR, ServingCSR: servingCSR})
+	if err != nil {
+		return rotation.CA{}, fmt.Errorf("rotate start: signer: %w", err)
+	}
+	cas, err := pki.ParseCerts(a.CA)
+	if err != nil {
+		return rotation.CA{}, fmt.Errorf("rotate start: signer's new CA: %w", err)
+	}
+	ca := cas[0]
+	for _, c := range []struct {
+		b    []byte
+		key  crypto.Signer
+		path string
+	}{{a.Serving, servingKey, servingCrt}, {a.Admin, adminKey, adminCrt}} {
+		certs, err := pki.ParseCerts(c.b)
+		if err != nil {
+			return rotation.CA{}, fmt.Errorf("rotate start: signer's certificate for %s: %w", c.path, err)
+		}
+		if err := certs[0].CheckSignatureFrom(ca); err != nil || !samePublic(certs[0].PublicKey, c.key.Public()) {
+			return rotation.CA{}, fmt.Errorf("rotate start: signer's certificate for %s is not for this key under the new CA (was %s made by an earlier start? delete %s and run start again)", c.path, c.path, r.paths.caDir(id))
+		}
+		if err := pki.WriteFile(c.path, c.b, 0o644); err != nil {
+			return rotation.CA{}, err
+		}
+	}
+	if err := pki.WriteFile(filepath.Join(r.paths.caDir(id), "ca.crt"), a.CA, 0o644); err != nil {
+		return rotation.CA{}, err
+	}
+	return rotation.CA{ID: id, Pin: pki.Pin(ca), Cert: pki.EncodeCert(ca)}, nil
+}
+
+// Status reports the phase, the bundle and the nodes per CA.
+func (r *rotator) Status() apiserver.RotationStatus {
+	s := *r.snap.Load()
+	byPin := r.nodes.counts()
+	st := apiserver.RotationStatus{CA: "cluster", Phase: string(s.Phase), Generation: s.Generation, Active: s.Active}
+	for _, ca := range s.Bundle() {
+		info := apiserver.RotationCAInfo{ID: ca.ID, Pin: ca.Pin, Active: ca.Pin == s.Active, Nodes: byPin[ca.Pin]}
+		if certs, err := pki.ParseCerts(ca.Cert); err == nil {
+			info.Subject, info.NotAfter = certs[0].Subject.String(), certs[0].NotAfter
+		}
+		st.Bundle = append(st.Bundle, info)
+	}
+	for pin, n := range byPin {
+		st.Nodes += n
+		if pin != s.Active {
+			st.NodesNotOnActive += n
+		}
+	}
+	return st
+}
+
+// TrustBundle is the published bundle.
+func (r *rotator) TrustBundle() apiserver.TrustBundle {
+	s := r.snap.Load()
+	return apiserver.TrustBundle{CAPEM: s.BundlePEM(), Active: s.Active, Phase: string(s.Phase), Generation: s.Generation}
+}
+
+// liveTLS returns base with GetConfigForClient presenting the current
+// serving certificate and accepting the current client CAs; the derived
+// configuration is rebuilt once per change.
+func (r *rotator) liveTLS(base *tls.Config) *tls.Config {
+	type derived struct {
+		gen uint64
+		cfg *tls.Config
+	}
+	var cache atomic.Pointer[derived]
+	out := base.Clone()
+	out.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := r.creds.Load()
+		if d := cache.Load(); d != nil && d.gen == c.gen {
+			return d.cfg, nil
+		}
+		cfg := base.Clone()
+		cfg.Certificates = []tls.Certificate{c.cert}
+		cfg.ClientCAs = c.pool
+		cache.Store(&derived{c.gen, cfg})
+		return cfg, nil
+	}
+	return out
+}
+
+// keyFile reads the key at path, or makes and writes one (0600).
+func keyFile(path string) (crypto.Signer, error) {
+	if _, err := os.Stat(path); err == nil {
+		return pki.ReadKeyFile(path)
+	}
+	k, err := pki.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	b, err := pki.EncodeKey(k)
+	if err != nil {
+		return nil, err
+	}
+	return k, pki.WriteFile(path, b, 0o600)
+}
+
+func samePublic(a, b crypto.PublicKey) bool {
+	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && e.Equal(b)
+}

@@ -1,0 +1,219 @@
+package controlplane_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/certificate/csr"
+
+	"github.com/nodetrust/nodetrust/controlplane"
+	"github.com/nodetrust/nodetrust/controlplane/apiserver"
+	"github.com/nodetrust/nodetrust/controlplane/csrpolicy"
+	"github.com/nodetrust/nodetrust/controlplane/pki"
+)
+
+// nodeCreds is a node's client certificate and key.
+type nodeCreds struct{ cert, key []byte }
+
+// issueNode has a kubelet client certificate issued for node through cl
+// (a bootstrap token or the node's own certificate).
+func (c *cluster) issueNode(t *testing.T, cl kubernetes.Interface, node string) nodeCreds {
+	t.Helper()
+	ctx := ctxT(t)
+	obj, _, keyPEM := nodeCSR(t, "", "system:node:"+node, []string{"system:nodes"}, csrpolicy.SignerKubeletClient, clientUsages, nil, nil)
+	name, uid, err := csr.RequestCertificateWithContext(ctx, cl, obj.Spec.Request, "", obj.Spec.SignerName, nil, obj.Spec.Usages, nil)
+	require.NoError(t, err)
+	certPEM, err := csr.WaitForCertificate(ctx, cl, name, uid)
+	require.NoError(t, err)
+	return nodeCreds{certPEM, keyPEM}
+}
+
+// bundleClient is a client trusting the published bundle.
+func (c *cluster) bundleClient(creds nodeCreds) kubernetes.Interface {
+	cfg := c.restConfig()
+	cfg.CAData, _ = os.ReadFile(controlplane.Paths{DataDir: c.dir}.CACert())
+	cfg.CertData, cfg.KeyData = creds.cert, creds.key
+	return kubernetes.NewForConfigOrDie(cfg)
+}
+
+// trustBundle reads the ConfigMap with client-go's typed client.
+func trustBundle(t *testing.T, cl kubernetes.Interface) map[string]string {
+	t.Helper()
+	cm, err := cl.CoreV1().ConfigMaps(apiserver.TrustBundleNamespace).Get(ctxT(t), apiserver.TrustBundleName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, cm.Data["generation"], cm.ResourceVersion)
+	return cm.Data
+}
+
+// rotate runs a rotation action through the admin API.
+func (c *cluster) rotate(t *testing.T, action string) (apiserver.RotationStatus, error) {
+	t.Helper()
+	var st apiserver.RotationStatus
+	b, err := c.admin().CoreV1().RESTClient().Post().AbsPath("/apis/nodetrust.dev/v1/rotation/" + action).Do(ctxT(t)).Raw()
+	if err != nil {
+		return st, fmt.Errorf("%w: %s", err, b)
+	}
+	require.NoError(t, json.Unmarshal(b, &st))
+	return st, nil
+}
+
+func (c *cluster) rotationStatus(t *testing.T) apiserver.RotationStatus {
+	t.Helper()
+	var st apiserver.RotationStatus
+	b, err := c.admin().CoreV1().RESTClient().Get().AbsPath("/apis/nodetrust.dev/v1/rotation").DoRaw(ctxT(t))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &st))
+	return st
+}
+
+func issuerPin(t *testing.T, certPEM []byte, bundle string) string {
+	t.Helper()
+	cert := parseCert(t, certPEM)
+	cas, err := pki.ParseCerts([]byte(bundle))
+	require.NoError(t, err)
+	for _, ca := range cas {
+		if cert.CheckSignatureFrom(ca) == nil {
+			return pki.Pin(ca)
+		}
+	}
+	return ""
+}
+
+// TestRotationFullCycle: start (new CA signs, both trusted), nodes move,
+// update-servers (serving certificate of the new CA, live), complete (old
+// CA refused), with the ConfigMap following every step.
+func TestRotationFullCycle(t *testing.T) {
+	c := newCluster(t)
+	ctx := ctxT(t)
+	oldCA := parseCert(t, c.caPEM)
+	oldPin := pki.Pin(oldCA)
+	oldCAKey, err := pki.ReadKeyFile(controlplane.Paths{DataDir: c.dir}.CAKey()) // to forge an old-CA certificate later
+	require.NoError(t, err)
+
+	cm := trustBundle(t, c.withToken(c.token(time.Hour)))
+	assert.Equal(t, "idle", cm["phase"])
+	assert.Equal(t, oldPin, cm["active"])
+	assert.Equal(t, string(c.caPEM), cm["ca.crt"])
+	gen0 := cm["generation"]
+
+	n1 := c.issueNode(t, c.withToken(c.token(time.Hour)), "node-1")
+	n2 := c.issueNode(t, c.withToken(c.token(time.Hour)), "node-2")
+	require.Eventually(t, func() bool { return c.rotationStatus(t).Nodes == 2 }, 20*time.Second, 10*time.Millisecond)
+	assert.Equal(t, 0, c.rotationStatus(t).NodesNotOnActive)
+
+	_, err = c.rotate(t, "complete")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "rotate complete: no rotation in progress (phase idle)")
+
+	st, err := c.rotate(t, "start")
+	require.NoError(t, err)
+	assert.Equal(t, "update-clients", st.Phase)
+	assert.NotEqual(t, oldPin, st.Active)
+	assert.Equal(t, 2, st.NodesNotOnActive)
+	newPin := st.Active
+
+	// Both CAs' client certificates work; the server still presents the
+	// old CA's certificate; the ConfigMap names the new CA active.
+	cm = trustBundle(t, c.withCert(n1.cert, n1.key))
+	assert.Equal(t, "update-clients", cm["phase"])
+	assert.Equal(t, newPin, cm["active"])
+	assert.NotEqual(t, gen0, cm["generation"])
+	bundleCAs, err := pki.ParseCerts([]byte(cm["ca.crt"]))
+	require.NoError(t, err)
+	require.Len(t, bundleCAs, 2)
+	assert.Equal(t, newPin, pki.Pin(bundleCAs[0]), "active CA first")
+
+	// node-1 renews with its old certificate: the new CA signs.
+	n1 = c.issueNode(t, c.bundleClient(n1), "node-1")
+	assert.Equal(t, newPin, issuerPin(t, n1.cert, cm["ca.crt"]))
+	require.Eventually(t, func() bool { return c.rotationStatus(t).NodesNotOnActive == 1 }, 20*time.Second, 10*time.Millisecond)
+	assert.Equal(t, "update-clients", c.rotationStatus(t).Phase, "node-2 is still on the old CA")
+
+	// node-2 renews: no node left on the old CA, servers move by themselves.
+	n2 = c.issueNode(t, c.bundleClient(n2), "node-2")
+	require.Eventually(t, func() bool { return c.rotationStatus(t).Phase == "update-servers" }, 20*time.Second, 10*time.Millisecond)
+
+	// A client trusting only the new CA connects now.
+	onlyNew := c.restConfig()
+	onlyNew.CAData = pki.EncodeCert(bundleCAs[0])
+	onlyNew.CertData, onlyNew.KeyData = n1.cert, n1.key
+	_, err = kubernetes.NewForConfigOrDie(onlyNew).CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+
+	st, err = c.rotate(t, "complete")
+	require.NoError(t, err)
+	assert.Equal(t, "idle", st.Phase)
+	assert.Equal(t, newPin, st.Active)
+	require.Len(t, st.Bundle, 1)
+
+	// An old-CA client certificate is refused now.
+	oldKey, _ := pki.GenerateKey()
+	old, err := pki.Issue(pki.LeafSpec{CommonName: "system:node:node-9", Organizations: []string{"system:nodes"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		NotBefore: c.clk.Now().Add(-time.Minute), NotAfter: c.clk.Now().Add(time.Hour)}, oldKey.Public(), oldCA, oldCAKey)
+	require.NoError(t, err)
+	keyPEM, _ := pki.EncodeKey(oldKey)
+	_, err = c.bundleClient(nodeCreds{pki.EncodeCert(old), keyPEM}).CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	require.Error(t, err, "an old-CA client certificate after complete")
+	_, err = os.Stat(controlplane.Paths{DataDir: c.dir}.CAKey())
+	assert.True(t, os.IsNotExist(err), "the signer deleted the old CA key")
+	// The new certificates, and the rewritten admin kubeconfig, work.
+	_, err = c.bundleClient(n2).CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "idle", trustBundle(t, c.admin())["phase"])
+	assert.Equal(t, pki.EncodeCert(bundleCAs[0]), mustRead(t, controlplane.Paths{DataDir: c.dir}.CACert()))
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
+}
+
+// TestServingCertSwapKeepsConnections: a TLS client trusting old and new
+// never fails across update-servers, and its open connection survives.
+func TestServingCertSwapKeepsConnections(t *testing.T) {
+	c := newCluster(t)
+	_ = c.issueNode(t, c.withToken(c.token(time.Hour)), "node-1")
+	_, err := c.rotate(t, "start")
+	require.NoError(t, err)
+	bundle := mustRead(t, controlplane.Paths{DataDir: c.dir}.CACert())
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(bundle)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 10 * time.Second}
+	t.Cleanup(hc.CloseIdleConnections)
+	get := func() {
+		resp, err := hc.Get("https://" + c.addr + "/healthz")
+		require.NoError(t, err)
+		resp.Body.Close()
+	}
+	get()
+	var conn *tls.ConnectionState
+	resp, err := hc.Get("https://" + c.addr + "/version")
+	require.NoError(t, err)
+	conn = resp.TLS
+	resp.Body.Close()
+	oldIssuer := conn.PeerCertificates[0].Issuer.String()
+
+	_, err = c.rotate(t, "complete") // forces update-servers
+	require.NoError(t, err)
+	get() // the kept-alive connection still answers
+	hc.CloseIdleConnections()
+	resp, err = hc.Get("https://" + c.addr + "/version")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.NotEqual(t, oldIssuer, resp.TLS.PeerCertificates[0].Issuer.String(), "a new connection gets the new CA's certificate")
+	assert.True(t, strings.HasPrefix(resp.TLS.PeerCertificates[0].Issuer.CommonName, "nodetrust-cluster-ca-"))
+}
