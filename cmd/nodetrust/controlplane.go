@@ -22,8 +22,8 @@ func registerCP(c *command) { controlplaneSubs[c.name] = c }
 func init() {
 	cp := &command{
 		name:    "controlplane",
-		summary: "Run the control plane API (certificates.k8s.io/v1 CSRs, bootstrap tokens, approver); see the subcommands for init, signer, token, csr and instance.",
-		usage:   "[init|signer|token|csr|instance] [flags]",
+		summary: "Run the control plane API (certificates.k8s.io/v1 CSRs, bootstrap tokens, approver); see the subcommands for init, signer, token, csr, instance and rotate.",
+		usage:   "[init|signer|token|csr|instance|rotate] [flags]",
 		example: "nodetrust controlplane --data-dir /var/lib/nodetrust-cp --listen 0.0.0.0:6443 --metadata /etc/nodetrust/metadata.yaml",
 	}
 	cp.run = func(ctx context.Context, env *cmdEnv, args []string) error {
@@ -71,6 +71,7 @@ func runControlplaneServer(ctx context.Context, env *cmdEnv, c *command, args []
 	listen := fs.String("listen", "127.0.0.1:6443", "address to serve the HTTPS API on")
 	socket := fs.String("signer-socket", "", "signer UNIX socket (default DATA_DIR/run/signer.sock)")
 	meta := fs.String("metadata", "", "metadata data file whose instances own kubelet serving names")
+	metaData := fs.String("metadata-data", "", "metadata data file (served by 'nodetrust metadata --data') whose project attribute nodetrust-ca-bundle gets the trust bundle on every change")
 	gc := fs.Duration("gc-interval", time.Hour, "how often old CSRs and expired tokens are collected")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	tunnelCfg := tunnelFlags(fs)
@@ -84,7 +85,7 @@ func runControlplaneServer(ctx context.Context, env *cmdEnv, c *command, args []
 	if err != nil {
 		return err
 	}
-	cfg := controlplane.Config{DataDir: *dataDir, SignerSocket: *socket, MetadataFile: *meta, GCInterval: *gc, Logger: log}
+	cfg := controlplane.Config{DataDir: *dataDir, SignerSocket: *socket, MetadataFile: *meta, MetadataData: *metaData, GCInterval: *gc, Logger: log}
 	tunnelCfg(&cfg)
 	srv, err := controlplane.NewServer(cfg)
 	if err != nil {
