@@ -41,6 +41,18 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# deb and rpm packages of the binary built above, in dist/ (docs/packaging.md):
+# nodetrust_<v>-1_amd64.deb, nodetrust-agent_<v>-1_all.deb, nodetrust-server_<v>-1_all.deb
+# and nodetrust-<v>-1.x86_64.rpm, nodetrust-{agent,server}-<v>-1.noarch.rpm.
+# VERSION=1.2.3 make package builds version 1.2.3; reproducible for a given
+# SOURCE_DATE_EPOCH (default: the last commit's time). PACKAGE_FLAGS passes
+# flags to packaging/cmd/nfpmbuild, e.g. -allow-missing-units.
+DIST              ?= dist
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+
+package: build
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./packaging/cmd/nfpmbuild -bin $(BIN) -version '$(VERSION)' -out $(DIST) $(PACKAGE_FLAGS)
+
 # Tools and Debian packages the tests need: Go, and as root the Debian
 # packages of the machine tests (qemu, debootstrap, nspawn, a kernel, rpm, linters).
 deps:
