@@ -43,8 +43,8 @@ type Options struct {
 	// Epoch is the time stamped on every file and in the package
 	// headers; zero means SOURCE_DATE_EPOCH, which must then be set.
 	Epoch time.Time
-	// AllowMissingUnits builds even when a unit file is missing from
-	// systemd/units (for tests and early builds).
+	// AllowMissingUnits builds even when a unit file or the sysusers.d
+	// file is missing from systemd/ (for tests and early builds).
 	AllowMissingUnits bool
 }
 
@@ -89,7 +89,7 @@ func Build(opts Options) ([]Artifact, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(users) == 0 {
+	if len(users) == 0 && !opts.AllowMissingUnits {
 		return nil, fmt.Errorf("no system user declared in %s: the units run as User=nodetrust, so a sysusers.d file must declare it",
 			filepath.Join(opts.Root, "systemd", "sysusers.d", "*.conf"))
 	}
