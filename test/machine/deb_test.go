@@ -1,0 +1,183 @@
+//go:build linux
+
+package machine
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodetrust/nodetrust/agent"
+)
+
+// TestNspawnDebLifecycle installs, configures, reloads, upgrades, removes
+// and purges the agent's .deb in one booted container joined to a node
+// namespace of a real cluster, checking the service and its files after
+// each step from inside the machine.
+func TestNspawnDebLifecycle(t *testing.T) {
+	f := getFixture(t)
+	c := startCluster(t, f)
+	ct := bootNode(t, f, c, "nt-deb")
+	node := c.Nodes[0]
+	var firstPID, serial string
+
+	step := func(name string, fn func(t *testing.T)) {
+		if !t.Run(name, fn) {
+			t.FailNow()
+		}
+	}
+	step("install enables but does not start", func(t *testing.T) {
+		dpkgInstall(t, ct, f.Old, "old", "nodetrust", "nodetrust-agent")
+		p := show(t, ct, agentUnit, "UnitFileState", "ActiveState")
+		assert.Equal(t, "enabled", p["UnitFileState"])
+		assert.Equal(t, "inactive", p["ActiveState"], "not configured yet, so not started")
+		userIDs(t, ct, "nodetrust") // the common package created the user
+	})
+	step("configured agent starts and reaches READY", func(t *testing.T) {
+		conf, err := os.OpenFile(ct.Path(agentConf), os.O_APPEND|os.O_WRONLY, 0)
+		require.NoError(t, err)
+		_, err = conf.WriteString(adminConfig())
+		require.NoError(t, err)
+		require.NoError(t, conf.Close())
+		start := time.Now()
+		// Type=notify: start returns once the agent sent READY=1, which it
+		// does with valid credentials and its tunnels up.
+		_, err = ct.Run(ctxT(t, 90*time.Second), "systemctl", "start", agentUnit)
+		require.NoError(t, err)
+		t.Logf("systemctl start returned after %v", time.Since(start).Round(time.Millisecond))
+		p := show(t, ct, agentUnit, "ActiveState", "SubState", "MainPID", "Type", "User")
+		assert.Equal(t, "active", p["ActiveState"])
+		assert.Equal(t, "running", p["SubState"])
+		assert.Equal(t, "notify", p["Type"])
+		assert.Equal(t, "nodetrust", p["User"])
+		firstPID = p["MainPID"]
+		// READY means certified: the credentials are there at once.
+		_, err = os.Stat(ct.Path(agentState + "/pki/kubelet-client-current.pem"))
+		require.NoError(t, err, "client certificate right after READY")
+		var cr agent.CredentialStatus
+		eventually(t, 10*time.Second, "status healthy", func() (err error) {
+			cr, err = clientCert(ct)
+			return err
+		})
+		serial = cr.Serial
+		assert.Equal(t, "CN=system:node:node-a,O=system:nodes", cr.Subject)
+		// ... and the tunnel is up: the metadata host reaches node-a's
+		// kubelet port through it.
+		eventually(t, 20*time.Second, "kubelet through the tunnel", func() error {
+			_, err := c.GetThroughTunnel(node.Name+":10250", "/healthz")
+			return err
+		})
+	})
+	step("credentials belong to the nodetrust user, keys 0600", func(t *testing.T) {
+		uid, _ := userIDs(t, ct, "nodetrust")
+		checkStateOwnership(t, ct.Path(agentState), uid)
+	})
+	step("reload returns after READY", func(t *testing.T) {
+		start := time.Now()
+		_, err := ct.Run(ctxT(t, 60*time.Second), "systemctl", "reload", agentUnit)
+		require.NoError(t, err)
+		t.Logf("systemctl reload returned after %v", time.Since(start).Round(time.Millisecond))
+		p := show(t, ct, agentUnit, "ActiveState", "SubState", "MainPID", "NRestarts")
+		assert.Equal(t, "active", p["ActiveState"], "reload returned while the unit was %s", p["ActiveState"])
+		assert.Equal(t, "running", p["SubState"])
+		assert.Equal(t, firstPID, p["MainPID"], "reload must not restart the agent")
+		assert.Equal(t, "0", p["NRestarts"])
+	})
+	var confBefore []byte
+	step("upgrade keeps the edited config and the state, restarts the agent", func(t *testing.T) {
+		var err error
+		confBefore, err = os.ReadFile(ct.Path(agentConf))
+		require.NoError(t, err)
+		dpkgInstall(t, ct, f.New, "new", "nodetrust", "nodetrust-agent")
+		out, err := ct.Run(ctxT(t, 10*time.Second), "dpkg-query", "-W", "-f=${Version}", "nodetrust-agent")
+		require.NoError(t, err)
+		assert.Equal(t, newVersion+"-1", string(out))
+		out, err = ct.Run(ctxT(t, 10*time.Second), "nodetrust", "version")
+		require.NoError(t, err)
+		assert.Contains(t, string(out), newVersion)
+		confAfter, err := os.ReadFile(ct.Path(agentConf))
+		require.NoError(t, err)
+		assert.Equal(t, string(confBefore), string(confAfter), "the administrator's edit of %s must survive the upgrade", agentConf)
+		_, err = os.Stat(ct.Path(agentConf + ".dpkg-dist"))
+		assert.ErrorIs(t, err, fs.ErrNotExist, "no .dpkg-dist: the packaged file did not change")
+		p := show(t, ct, agentUnit, "ActiveState", "SubState", "MainPID", "NRestarts")
+		assert.Equal(t, "active", p["ActiveState"])
+		assert.NotEqual(t, firstPID, p["MainPID"], "the upgrade must restart the agent onto the new binary")
+		t.Logf("MainPID %s -> %s, NRestarts %s", firstPID, p["MainPID"], p["NRestarts"])
+		cr, err := clientCert(ct)
+		require.NoError(t, err)
+		assert.Equal(t, serial, cr.Serial, "the state (credentials) must survive the upgrade: same certificate, no new bootstrap")
+	})
+	step("remove stops the agent and keeps config and state", func(t *testing.T) {
+		_, err := ct.Run(ctxT(t, 60*time.Second), "dpkg", "-r", "nodetrust-agent")
+		require.NoError(t, err)
+		p := show(t, ct, agentUnit, "ActiveState")
+		assert.Equal(t, "inactive", p["ActiveState"])
+		conf, err := os.ReadFile(ct.Path(agentConf))
+		require.NoError(t, err, "dpkg -r keeps the conffile")
+		assert.Equal(t, string(confBefore), string(conf))
+		_, err = os.Lstat(ct.Path(agentState + "/pki/kubelet-client-current.pem"))
+		assert.NoError(t, err, "dpkg -r keeps the state")
+		out, err := ct.Run(ctxT(t, 10*time.Second), "dpkg-query", "-W", "-f=${db:Status-Status}", "nodetrust-agent")
+		require.NoError(t, err)
+		assert.Equal(t, "config-files", string(out))
+	})
+	step("purge deletes config and state", func(t *testing.T) {
+		_, err := ct.Run(ctxT(t, 60*time.Second), "dpkg", "--purge", "nodetrust-agent")
+		require.NoError(t, err)
+		for _, p := range []string{agentConf, agentState} {
+			_, err := os.Lstat(ct.Path(p))
+			assert.ErrorIs(t, err, fs.ErrNotExist, "%s after purge", p)
+		}
+		_, err = ct.Run(ctxT(t, 10*time.Second), "getent", "passwd", "nodetrust")
+		assert.NoError(t, err, "the system user stays (Debian practice)")
+	})
+}
+
+// checkStateOwnership checks the agent's state folder: owned by uid, and
+// every file holding a private key 0600 and owned by uid.
+func checkStateOwnership(t *testing.T, dir string, uid int) {
+	t.Helper()
+	var keys []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		rel, _ := filepath.Rel(dir, p)
+		if int(st.Uid) != uid {
+			t.Errorf("%s is owned by uid %d, want the nodetrust user (%d)", rel, st.Uid, uid)
+		}
+		if !fi.Mode().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(b), "PRIVATE KEY") {
+			keys = append(keys, rel)
+			if fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s holds a private key with mode %#o, want 0600", rel, fi.Mode().Perm())
+			}
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.NotEmpty(t, keys, "no private key under %s", dir)
+	t.Logf("%d files with keys, all 0600 and owned by uid %d: %s", len(keys), uid, strings.Join(keys, " "))
+	fi, err := os.Stat(dir)
+	require.NoError(t, err)
+	assert.Zero(t, fi.Mode().Perm()&0o007, "%s must not be world-accessible (%#o)", dir, fi.Mode().Perm())
+}
