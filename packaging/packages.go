@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
@@ -33,8 +34,6 @@ const (
 	homepage   = "https://github.com/nodetrust/nodetrust"
 	license    = "Apache-2.0"
 	buildHost  = "nodetrust-build" // fixed, so rpm headers do not vary by machine
-	// serviceUser owns the agent's state folder (rpm %pre creates it).
-	serviceUser = "nodetrust"
 )
 
 //go:embed files scripts
@@ -222,11 +221,12 @@ func (b *builder) contents(name, format string) (files.Contents, error) {
 			c = append(c, e)
 		}
 		if format == "rpm" {
-			// Owned directories get their SELinux labels at install
-			// time (a StateDirectory= that systemd makes later may not).
-			for _, d := range stateDirs[name] {
-				c = append(c, &files.Content{Destination: d, Type: files.TypeDir,
-					FileInfo: &files.ContentFileInfo{Owner: serviceUser, Group: serviceUser, Mode: 0o750}})
+			// Owned folders get their SELinux labels at install time
+			// (one systemd makes later may not), with the owner and
+			// mode the unit gives them, so an upgrade changes nothing.
+			for _, d := range b.dirs(name) {
+				c = append(c, &files.Content{Destination: d.Path, Type: files.TypeDir,
+					FileInfo: &files.ContentFileInfo{Owner: d.Owner, Group: d.Group, Mode: d.Mode}})
 			}
 		}
 	}
@@ -239,10 +239,50 @@ var configFiles = map[string][]string{
 	AgentPackage: {"/etc/nodetrust/agent.yaml"},
 }
 
-// stateDirs are the folders a package's purge deletes (deb) and that the
-// rpm owns.
-var stateDirs = map[string][]string{
-	AgentPackage: {"/var/lib/nodetrust"},
+// dirs are the folders the units of a package have systemd make
+// (StateDirectory= and the like): the rpm owns them, and the deb's purge
+// deletes them.
+func (b *builder) dirs(name string) []Dir {
+	var ds []Dir
+	seen := map[string]bool{}
+	for _, u := range b.units[name] {
+		for _, d := range u.Dirs {
+			if !seen[d.Path] {
+				seen[d.Path] = true
+				ds = append(ds, d)
+			}
+		}
+	}
+	slices.SortFunc(ds, func(a, b Dir) int { return strings.Compare(a.Path, b.Path) })
+	return ds
+}
+
+// purgeDir is a folder the deb's purge deletes, unless one of Others (the
+// packages whose units use the same folder or one inside it) is still
+// installed or not purged.
+type purgeDir struct {
+	Path   string
+	Others []string
+}
+
+func (b *builder) purgeDirs(name string) []purgeDir {
+	var out []purgeDir
+	for _, d := range b.dirs(name) {
+		pd := purgeDir{Path: d.Path}
+		for _, other := range Packages {
+			if other == name {
+				continue
+			}
+			for _, e := range b.dirs(other) {
+				if e.Path == d.Path || strings.HasPrefix(e.Path, d.Path+"/") {
+					pd.Others = append(pd.Others, other)
+					break
+				}
+			}
+		}
+		out = append(out, pd)
+	}
+	return out
 }
 
 // preset is the systemd preset file that enables a package's units on
@@ -359,7 +399,7 @@ type scriptData struct {
 	SysusersFiles []string // their sysusers.d file names
 	Sysusers      []sysusersFile
 	Tmpfiles      []string // tmpfiles.d file names to apply after install
-	PurgeDirs     []string
+	PurgeDirs     []purgeDir
 }
 
 // sysusersFile is a sysusers.d file inlined in rpm's %pre.
@@ -367,7 +407,7 @@ type sysusersFile struct{ Dest, Content string }
 
 // scripts renders the maintainer scripts of one package for one format.
 func (b *builder) scripts(info *nfpm.Info, name, format string) error {
-	d := scriptData{Package: name, PurgeDirs: stateDirs[name]}
+	d := scriptData{Package: name, PurgeDirs: b.purgeDirs(name)}
 	for _, u := range b.units[name] {
 		d.Units = append(d.Units, u.Name)
 		if u.Enable {

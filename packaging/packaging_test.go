@@ -306,6 +306,8 @@ func TestRPMFiles(t *testing.T) {
 		}},
 		{ServerPackage, map[string]want{
 			"/usr/lib/systemd/system/nodetrust-metadata.socket": {"", "-rw-r--r--", "root:root"},
+			"/var/lib/nodetrust/controlplane":                   {"", "drwxr-x---", "nodetrust:nodetrust"},
+			"/var/lib/nodetrust-signer":                         {"", "drwx------", "nodetrust-signer:nodetrust-signer"},
 		}},
 	} {
 		t.Run(tc.pkg, func(t *testing.T) {
@@ -351,19 +353,29 @@ func TestRPMScriptlets(t *testing.T) {
 // replaced by a stub that logs its arguments, and returns the log.
 func stubScript(t *testing.T, script string, args ...string) []string {
 	t.Helper()
+	return stubScriptEnv(t, nil, script, args...)
+}
+
+// stubScriptEnv is stubScript with extra environment variables; the
+// dpkg-query stub prints $DPKG_QUERY_STATUS.
+func stubScriptEnv(t *testing.T, env []string, script string, args ...string) []string {
+	t.Helper()
 	dir := t.TempDir()
 	logf := filepath.Join(dir, "calls.log")
 	stubs := []string{"systemctl", "deb-systemd-helper", "deb-systemd-invoke", "systemd-sysusers",
-		"systemd-tmpfiles", "adduser", "useradd", "groupadd", "getent", "rm"}
+		"systemd-tmpfiles", "adduser", "useradd", "groupadd", "getent", "rm", "dpkg-query"}
 	for _, s := range stubs {
 		body := fmt.Sprintf("#!/bin/sh\necho \"%s $*\" >> %s\n", s, logf)
-		if s == "getent" {
+		switch s {
+		case "getent":
 			body += "exit 2\n" // no such user yet
+		case "dpkg-query":
+			body += "echo \"$DPKG_QUERY_STATUS\"\n"
 		}
 		require.NoError(t, os.WriteFile(filepath.Join(dir, s), []byte(body), 0o755))
 	}
 	cmd := exec.Command("/bin/sh", append([]string{script}, args...)...)
-	cmd.Env = []string{"PATH=" + dir + ":/usr/bin:/bin"}
+	cmd.Env = append([]string{"PATH=" + dir + ":/usr/bin:/bin"}, env...)
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s %v: %s", script, args, out)
 	b, err := os.ReadFile(logf)
@@ -411,9 +423,15 @@ func TestDebScriptBranches(t *testing.T) {
 	// remove keeps state; purge deletes it.
 	assert.Equal(t, cat(ifBooted("systemctl --system daemon-reload"), []string{"deb-systemd-helper mask " + u}),
 		stubScript(t, script("postrm"), "remove"))
-	assert.Equal(t, cat(ifBooted("systemctl --system daemon-reload"), []string{"deb-systemd-helper purge " + u,
-		"deb-systemd-helper unmask " + u, "rm -rf /var/lib/nodetrust"}),
-		stubScript(t, script("postrm"), "purge"))
+	// /var/lib/nodetrust holds the server's nodetrust/controlplane too:
+	// purged only when nodetrust-server has no state left.
+	purge := cat(ifBooted("systemctl --system daemon-reload"), []string{"deb-systemd-helper purge " + u,
+		"deb-systemd-helper unmask " + u, "dpkg-query -W -f=${db:Status-Status} nodetrust-server"})
+	assert.Equal(t, append(purge, "rm -rf /var/lib/nodetrust"), stubScript(t, script("postrm"), "purge"))
+	assert.Equal(t, append(purge, "rm -rf /var/lib/nodetrust"),
+		stubScriptEnv(t, []string{"DPKG_QUERY_STATUS=not-installed"}, script("postrm"), "purge"))
+	assert.Equal(t, purge, stubScriptEnv(t, []string{"DPKG_QUERY_STATUS=config-files"}, script("postrm"), "purge"))
+	assert.Equal(t, purge, stubScriptEnv(t, []string{"DPKG_QUERY_STATUS=installed"}, script("postrm"), "purge"))
 	assert.Equal(t, ifBooted("systemctl --system daemon-reload"), stubScript(t, script("postrm"), "upgrade", "1.2.4-1"))
 
 	ctl2 := t.TempDir()

@@ -2,11 +2,13 @@ package packaging
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -21,6 +23,24 @@ type Unit struct {
 	// Enable is true when the unit has an [Install] section, so that
 	// enabling it means something.
 	Enable bool
+	// Dirs are the folders systemd makes for the unit (StateDirectory=,
+	// CacheDirectory=, LogsDirectory=), with the unit's User= and Group=
+	// and the configured mode.
+	Dirs []Dir
+}
+
+// Dir is a folder under /var that a unit's service owns.
+type Dir struct {
+	Path         string
+	Owner, Group string
+	Mode         os.FileMode
+}
+
+// unitDirKinds maps a unit's folder setting to the base of its folders.
+var unitDirKinds = []struct{ key, base string }{
+	{"StateDirectory", "/var/lib/"},
+	{"CacheDirectory", "/var/cache/"},
+	{"LogsDirectory", "/var/log/"},
 }
 
 // requiredUnits are the units each package must ship; a build without one
@@ -69,11 +89,12 @@ func findUnits(dir string, allowMissing bool) (map[string][]Unit, error) {
 			return nil, fmt.Errorf("unit %s in %s belongs to no package: add its prefix to unitPrefixes in packaging/units.go", name, dir)
 		}
 		src := filepath.Join(dir, name)
-		install, err := hasInstallSection(src)
+		u, err := readUnit(src)
 		if err != nil {
 			return nil, err
 		}
-		byPkg[pkg] = append(byPkg[pkg], Unit{Name: name, Source: src, Enable: install})
+		u.Name = name
+		byPkg[pkg] = append(byPkg[pkg], u)
 	}
 	var missing []string
 	for pkg, names := range requiredUnits {
@@ -91,30 +112,53 @@ func findUnits(dir string, allowMissing bool) (map[string][]Unit, error) {
 	return byPkg, nil
 }
 
-// hasInstallSection reports whether a unit file has an [Install] section
-// with at least one setting.
-func hasInstallSection(path string) (bool, error) {
+// readUnit reads what packaging needs from a unit file: whether it has an
+// [Install] section, and the folders systemd makes for it.
+func readUnit(path string) (Unit, error) {
+	u := Unit{Source: path}
 	f, err := os.Open(path)
 	if err != nil {
-		return false, fmt.Errorf("read unit: %w", err)
+		return u, fmt.Errorf("read unit: %w", err)
 	}
 	defer f.Close()
-	in := false
+	section := ""
+	svc := map[string]string{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		switch {
 		case line == "" || strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";"):
 		case strings.HasPrefix(line, "["):
-			in = line == "[Install]"
-		case in && strings.Contains(line, "="):
-			return true, nil
+			section = line
+		case section == "[Install]" && strings.Contains(line, "="):
+			u.Enable = true
+		case section == "[Service]":
+			k, v, ok := strings.Cut(line, "=")
+			if ok {
+				svc[strings.TrimSpace(k)] = strings.TrimSpace(v) // the last setting wins
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return false, fmt.Errorf("read unit %s: %w", path, err)
+		return u, fmt.Errorf("read unit %s: %w", path, err)
 	}
-	return false, nil
+	owner := cmp.Or(svc["User"], "root")
+	group := cmp.Or(svc["Group"], owner)
+	for _, k := range unitDirKinds {
+		mode := os.FileMode(0o755)
+		if m := svc[k.key+"Mode"]; m != "" {
+			n, err := strconv.ParseUint(m, 8, 32)
+			if err != nil {
+				return u, fmt.Errorf("unit %s: %sMode=%q is not an octal mode", path, k.key, m)
+			}
+			mode = os.FileMode(n)
+		}
+		for _, d := range strings.Fields(svc[k.key]) {
+			d, _, _ = strings.Cut(d, ":") // DIR:SYMLINK (systemd 250+)
+			u.Dirs = append(u.Dirs, Dir{Path: k.base + d, Owner: owner, Group: group, Mode: mode})
+		}
+	}
+	return u, nil
 }
 
 // SystemdConf is a sysusers.d or tmpfiles.d file from systemd/.
