@@ -57,8 +57,14 @@ func setProjectAttribute(b []byte, key, value string) ([]byte, error) {
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
 		return nil, errors.New("the document is not a mapping")
 	}
-	project := mappingChild(doc.Content[0], "project")
-	attrs := mappingChild(project, "attributes")
+	project, err := mappingChild(doc.Content[0], "project")
+	if err != nil {
+		return nil, err
+	}
+	attrs, err := mappingChild(project, "attributes")
+	if err != nil {
+		return nil, fmt.Errorf("project: %w", err)
+	}
 	style := yaml.LiteralStyle
 	if attrs.Style&yaml.FlowStyle != 0 {
 		style = yaml.DoubleQuotedStyle
@@ -75,19 +81,23 @@ func setProjectAttribute(b []byte, key, value string) ([]byte, error) {
 }
 
 // mappingChild returns m[key], made an empty mapping if absent or null.
-func mappingChild(m *yaml.Node, key string) *yaml.Node {
+func mappingChild(m *yaml.Node, key string) (*yaml.Node, error) {
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		if m.Content[i].Value == key {
 			c := m.Content[i+1]
-			if c.Kind != yaml.MappingNode {
+			switch {
+			case c.Kind == yaml.MappingNode:
+			case c.Kind == yaml.ScalarNode && c.Tag == "!!null":
 				*c = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Style: m.Style & yaml.FlowStyle}
+			default:
+				return nil, fmt.Errorf("%s (line %d) is not a mapping", key, c.Line)
 			}
-			return c
+			return c, nil
 		}
 	}
 	c := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Style: m.Style & yaml.FlowStyle}
 	m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key}, c)
-	return c
+	return c, nil
 }
 
 // indentOf guesses the indentation of a block YAML file: that of its
