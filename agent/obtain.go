@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -21,7 +20,6 @@ import (
 	"github.com/nodetrust/nodetrust/agent/csr"
 	"github.com/nodetrust/nodetrust/agent/nodeaddr"
 	"github.com/nodetrust/nodetrust/bootstrap"
-	"github.com/nodetrust/nodetrust/internal/atomicfile"
 	"github.com/nodetrust/nodetrust/metadata/mdclient"
 )
 
@@ -99,10 +97,8 @@ func (a *Agent) bootstrapClient(ctx context.Context) error {
 	if !roots.AppendCertsFromPEM(cred.CABundle) {
 		return fmt.Errorf("%w: the CA bundle from %s holds no certificate", bootstrap.ErrBadCredential, cred.Source)
 	}
-	if old, err := os.ReadFile(a.caPath); err != nil || !bytes.Equal(old, cred.CABundle) {
-		if err := atomicfile.Write(a.caPath, cred.CABundle, 0o644); err != nil {
-			return fmt.Errorf("%w: %w", errStore, err)
-		}
+	if err := a.writeRoots(cred.CABundle); err != nil {
+		return err
 	}
 	var getCert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	if cred.CertPEM != nil {
@@ -199,8 +195,8 @@ func (a *Agent) obtain(ctx context.Context, c *credential, roots *x509.CertPool,
 			a.trust.setRejected(false)
 		}
 		signal(a.trust.poke) // check the trust bundle with the new certificate
-		if err := certstore.WriteKubeconfig(a.cfg.Kubeconfig, a.cfg.Server, caPEM, c.store.CurrentPath(), c.store.CurrentPath()); err != nil {
-			return fmt.Errorf("%w: %w", errStore, err)
+		if err := a.writeKubeconfig(); err != nil {
+			return err
 		}
 	}
 	a.log.Info("certificate obtained", "credential", c.name, "how", how, "subject", p.Cert.Subject.String(),

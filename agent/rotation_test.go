@@ -160,10 +160,12 @@ func TestRotationFollowsTheBundle(t *testing.T) {
 	api.set("idle", newCA, newCA)
 	n.waitOn(newCA, newCA)
 	require.Equal(t, onNew.SerialNumber, n.clientCert().SerialNumber, "no re-issue after complete")
-	kc, err := os.ReadFile(filepath.Join(n.state, "kubelet.kubeconfig"))
-	require.NoError(t, err)
-	require.Contains(t, string(kc), base64.StdEncoding.EncodeToString(newCA.pem), "the kubeconfig trusts the new CA")
-	require.NotContains(t, string(kc), base64.StdEncoding.EncodeToString(oldCA.pem))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		kc, err := os.ReadFile(filepath.Join(n.state, "kubelet.kubeconfig"))
+		assert.NoError(c, err)
+		assert.Contains(c, string(kc), base64.StdEncoding.EncodeToString(newCA.pem), "the kubeconfig trusts the new CA")
+		assert.NotContains(c, string(kc), base64.StdEncoding.EncodeToString(oldCA.pem))
+	}, 10*time.Second, 10*time.Millisecond)
 	n.stop()
 }
 

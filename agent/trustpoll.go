@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,10 @@ type trust struct {
 	// wake makes the credential loop run a round now; poke makes the
 	// trust loop poll now. Both hold at most one signal.
 	wake, poke chan struct{}
+
+	// files serializes writes of ca.crt and the kubeconfig, which the
+	// credential and trust loops both make.
+	files sync.Mutex
 
 	mu sync.Mutex // guards the fields below
 	// bundle is the last bundle accepted from the API (nil: none yet, or
@@ -233,11 +238,8 @@ func (a *Agent) applyBundle(data map[string]string, chain []*x509.Certificate, c
 		return err
 	}
 	if !bytes.Equal(caPEM, b.PEM) {
-		if err := atomicfile.Write(a.caPath, b.PEM, 0o644); err != nil {
-			return fmt.Errorf("%w: write %s: %w", errStore, a.caPath, err)
-		}
-		if err := certstore.WriteKubeconfig(a.cfg.Kubeconfig, a.cfg.Server, b.PEM, a.client.store.CurrentPath(), a.client.store.CurrentPath()); err != nil {
-			return fmt.Errorf("%w: %w", errStore, err)
+		if err := a.writeRoots(b.PEM); err != nil {
+			return err
 		}
 		a.log.Info("trust bundle updated", "generation", b.Generation, "phase", b.Phase, "active_ca", b.ActivePin, "roots", len(b.Roots))
 	}
@@ -265,16 +267,46 @@ func (a *Agent) rootsFromMetadata(ctx context.Context, caPEM []byte) (bool, erro
 	if bytes.Equal(b, caPEM) {
 		return false, nil
 	}
-	if err := atomicfile.Write(a.caPath, b, 0o644); err != nil {
-		return false, fmt.Errorf("%w: write %s: %w", errStore, a.caPath, err)
-	}
-	if a.client.current() != nil {
-		if err := certstore.WriteKubeconfig(a.cfg.Kubeconfig, a.cfg.Server, b, a.client.store.CurrentPath(), a.client.store.CurrentPath()); err != nil {
-			return true, fmt.Errorf("%w: %w", errStore, err)
-		}
+	if err := a.writeRoots(b); err != nil {
+		return false, err
 	}
 	a.log.Info("cluster CA bundle replaced by the one in metadata", "source", source, "ca_file", a.caPath)
 	return true, nil
+}
+
+// writeRoots replaces ca.crt with caPEM (unless it holds that already)
+// and, once there is a client certificate, rewrites the kubeconfig.
+func (a *Agent) writeRoots(caPEM []byte) error {
+	a.trust.files.Lock()
+	defer a.trust.files.Unlock()
+	if old, err := os.ReadFile(a.caPath); err != nil || !bytes.Equal(old, caPEM) {
+		if err := atomicfile.Write(a.caPath, caPEM, 0o644); err != nil {
+			return fmt.Errorf("%w: write %s: %w", errStore, a.caPath, err)
+		}
+	}
+	return a.writeKubeconfigLocked()
+}
+
+// writeKubeconfig rewrites the kubelet's kubeconfig with the CA bundle
+// in ca.crt now.
+func (a *Agent) writeKubeconfig() error {
+	a.trust.files.Lock()
+	defer a.trust.files.Unlock()
+	return a.writeKubeconfigLocked()
+}
+
+func (a *Agent) writeKubeconfigLocked() error {
+	if a.client.current() == nil {
+		return nil
+	}
+	caPEM, _, err := a.readCA()
+	if err != nil {
+		return err
+	}
+	if err := certstore.WriteKubeconfig(a.cfg.Kubeconfig, a.cfg.Server, caPEM, a.client.store.CurrentPath(), a.client.store.CurrentPath()); err != nil {
+		return fmt.Errorf("%w: %w", errStore, err)
+	}
+	return nil
 }
 
 // unknownAuthority reports whether err is a server certificate this node's
