@@ -35,21 +35,17 @@ func TestNspawnDebLifecycle(t *testing.T) {
 	}
 	step("install enables but does not start", func(t *testing.T) {
 		dpkgInstall(t, ct, f.Old, "old", "nodetrust", "nodetrust-agent")
-		p := show(t, ct, agentUnit, "UnitFileState", "ActiveState")
-		assert.Equal(t, "enabled", p["UnitFileState"])
+		p := show(t, ct, agentUnit, "ActiveState")
+		assert.Equal(t, "enabled", isEnabled(t, ct, agentUnit))
 		assert.Equal(t, "inactive", p["ActiveState"], "not configured yet, so not started")
 		userIDs(t, ct, "nodetrust") // the common package created the user
 	})
 	step("configured agent starts and reaches READY", func(t *testing.T) {
-		conf, err := os.OpenFile(ct.Path(agentConf), os.O_APPEND|os.O_WRONLY, 0)
-		require.NoError(t, err)
-		_, err = conf.WriteString(adminConfig())
-		require.NoError(t, err)
-		require.NoError(t, conf.Close())
+		require.NoError(t, appendFile(ct.Path(agentConf), adminConfig()))
 		start := time.Now()
 		// Type=notify: start returns once the agent sent READY=1, which it
 		// does with valid credentials and its tunnels up.
-		_, err = ct.Run(ctxT(t, 90*time.Second), "systemctl", "start", agentUnit)
+		_, err := ct.Run(ctxT(t, 90*time.Second), "systemctl", "start", agentUnit)
 		require.NoError(t, err)
 		t.Logf("systemctl start returned after %v", time.Since(start).Round(time.Millisecond))
 		p := show(t, ct, agentUnit, "ActiveState", "SubState", "MainPID", "Type", "User")

@@ -90,6 +90,14 @@ func show(t *testing.T, ct *Container, unit string, props ...string) map[string]
 	return m
 }
 
+// isEnabled is `systemctl is-enabled unit` (read from the unit files now;
+// systemctl show's UnitFileState is cached until the next daemon-reload).
+func isEnabled(t *testing.T, ct *Container, unit string) string {
+	t.Helper()
+	out, _ := ct.Run(ctxT(t, 30*time.Second), "systemctl", "is-enabled", unit) // exits 1 when disabled
+	return strings.TrimSpace(string(out))
+}
+
 // dpkgInstall installs packages from /pkgs/<which> inside the container.
 func dpkgInstall(t *testing.T, ct *Container, p *Packages, which string, names ...string) {
 	t.Helper()
