@@ -204,7 +204,9 @@ func (b *builder) contents(name, format string) (files.Contents, error) {
 		for _, u := range b.units[name] {
 			c = append(c, file(u.Source, "/usr/lib/systemd/system/"+u.Name, 0o644))
 		}
-		if preset := b.preset(name); preset != "" {
+		// Presets matter to rpm's %post (systemctl preset) only; Debian
+		// enables with deb-systemd-helper.
+		if preset := b.preset(name); preset != "" && format == "rpm" {
 			p := filepath.Join(b.stage, name+".preset")
 			if err := os.WriteFile(p, []byte(preset), 0o644); err != nil {
 				return nil, err
@@ -257,12 +259,16 @@ func (b *builder) dirs(name string) []Dir {
 	return ds
 }
 
-// purgeDir is a folder the deb's purge deletes, unless one of Others (the
-// packages whose units use the same folder or one inside it) is still
-// installed or not purged.
+// purgeDir is a folder the deb's purge deletes. SameAs are the other
+// packages whose units use the very same folder: it goes with the last of
+// them. Others use folders inside it, named in Keep: while one of those
+// packages has state, purge deletes everything else.
 type purgeDir struct {
 	Path   string
+	SameAs []string
 	Others []string
+	Keep   []string // first-level names inside Path
+	Parent string   // the folder Path is inside of another package's, if any
 }
 
 func (b *builder) purgeDirs(name string) []purgeDir {
@@ -274,9 +280,21 @@ func (b *builder) purgeDirs(name string) []purgeDir {
 				continue
 			}
 			for _, e := range b.dirs(other) {
-				if e.Path == d.Path || strings.HasPrefix(e.Path, d.Path+"/") {
-					pd.Others = append(pd.Others, other)
-					break
+				switch {
+				case e.Path == d.Path:
+					if !slices.Contains(pd.SameAs, other) {
+						pd.SameAs = append(pd.SameAs, other)
+					}
+				case strings.HasPrefix(e.Path, d.Path+"/"):
+					first, _, _ := strings.Cut(strings.TrimPrefix(e.Path, d.Path+"/"), "/")
+					if !slices.Contains(pd.Keep, first) {
+						pd.Keep = append(pd.Keep, first)
+					}
+					if !slices.Contains(pd.Others, other) {
+						pd.Others = append(pd.Others, other)
+					}
+				case strings.HasPrefix(d.Path, e.Path+"/"):
+					pd.Parent = e.Path
 				}
 			}
 		}

@@ -207,21 +207,19 @@ func TestDebFiles(t *testing.T) {
 			"/usr/share/lintian/overrides/nodetrust":       0o644,
 		}},
 		{AgentPackage, map[string]os.FileMode{
-			"/usr/lib/systemd/system/nodetrust-agent.service":          0o644,
-			"/usr/lib/systemd/system-preset/90-nodetrust-agent.preset": 0o644,
-			"/etc/nodetrust/agent.yaml":                                0o644,
-			"/usr/share/doc/nodetrust-agent/copyright":                 0o644,
-			"/usr/share/doc/nodetrust-agent/changelog.Debian.gz":       0o644,
-			"/usr/share/lintian/overrides/nodetrust-agent":             0o644,
+			"/usr/lib/systemd/system/nodetrust-agent.service":    0o644,
+			"/etc/nodetrust/agent.yaml":                          0o644,
+			"/usr/share/doc/nodetrust-agent/copyright":           0o644,
+			"/usr/share/doc/nodetrust-agent/changelog.Debian.gz": 0o644,
+			"/usr/share/lintian/overrides/nodetrust-agent":       0o644,
 		}},
 		{ServerPackage, map[string]os.FileMode{
-			"/usr/lib/systemd/system/nodetrust-metadata.service":        0o644,
-			"/usr/lib/systemd/system/nodetrust-metadata.socket":         0o644,
-			"/usr/lib/systemd/system/nodetrust-controlplane.service":    0o644,
-			"/usr/lib/systemd/system/nodetrust-signer.service":          0o644,
-			"/usr/lib/systemd/system-preset/90-nodetrust-server.preset": 0o644,
-			"/usr/share/doc/nodetrust-server/copyright":                 0o644,
-			"/usr/share/lintian/overrides/nodetrust-server":             0o644,
+			"/usr/lib/systemd/system/nodetrust-metadata.service":     0o644,
+			"/usr/lib/systemd/system/nodetrust-metadata.socket":      0o644,
+			"/usr/lib/systemd/system/nodetrust-controlplane.service": 0o644,
+			"/usr/lib/systemd/system/nodetrust-signer.service":       0o644,
+			"/usr/share/doc/nodetrust-server/copyright":              0o644,
+			"/usr/share/lintian/overrides/nodetrust-server":          0o644,
 		}},
 	} {
 		t.Run(tc.pkg, func(t *testing.T) {
@@ -243,6 +241,9 @@ func TestDebFiles(t *testing.T) {
 			}
 			if tc.pkg != CommonPackage {
 				assert.NotContains(t, got, "/usr/bin/nodetrust", "only the common package ships the binary")
+			}
+			for name := range got {
+				assert.False(t, strings.HasPrefix(name, "/usr/lib/systemd/system-preset/"), "%s: presets are for rpm", name)
 			}
 		})
 	}
@@ -300,9 +301,10 @@ func TestRPMFiles(t *testing.T) {
 			"/usr/lib/sysusers.d/nodetrust.conf": {"", "-rw-r--r--", "root:root"},
 		}},
 		{AgentPackage, map[string]want{
-			"/etc/nodetrust/agent.yaml":                       {"cn", "-rw-r--r--", "root:root"},
-			"/usr/lib/systemd/system/nodetrust-agent.service": {"", "-rw-r--r--", "root:root"},
-			"/var/lib/nodetrust":                              {"", "drwxr-x---", "nodetrust:nodetrust"},
+			"/usr/lib/systemd/system-preset/90-nodetrust-agent.preset": {"", "-rw-r--r--", "root:root"},
+			"/etc/nodetrust/agent.yaml":                                {"cn", "-rw-r--r--", "root:root"},
+			"/usr/lib/systemd/system/nodetrust-agent.service":          {"", "-rw-r--r--", "root:root"},
+			"/var/lib/nodetrust":                                       {"", "drwxr-x---", "nodetrust:nodetrust"},
 		}},
 		{ServerPackage, map[string]want{
 			"/usr/lib/systemd/system/nodetrust-metadata.socket": {"", "-rw-r--r--", "root:root"},
@@ -363,7 +365,7 @@ func stubScriptEnv(t *testing.T, env []string, script string, args ...string) []
 	dir := t.TempDir()
 	logf := filepath.Join(dir, "calls.log")
 	stubs := []string{"systemctl", "deb-systemd-helper", "deb-systemd-invoke", "systemd-sysusers",
-		"systemd-tmpfiles", "adduser", "useradd", "groupadd", "getent", "rm", "dpkg-query"}
+		"systemd-tmpfiles", "adduser", "useradd", "groupadd", "getent", "rm", "rmdir", "find", "dpkg-query"}
 	for _, s := range stubs {
 		body := fmt.Sprintf("#!/bin/sh\necho \"%s $*\" >> %s\n", s, logf)
 		switch s {
@@ -430,9 +432,19 @@ func TestDebScriptBranches(t *testing.T) {
 	assert.Equal(t, append(purge, "rm -rf /var/lib/nodetrust"), stubScript(t, script("postrm"), "purge"))
 	assert.Equal(t, append(purge, "rm -rf /var/lib/nodetrust"),
 		stubScriptEnv(t, []string{"DPKG_QUERY_STATUS=not-installed"}, script("postrm"), "purge"))
-	assert.Equal(t, purge, stubScriptEnv(t, []string{"DPKG_QUERY_STATUS=config-files"}, script("postrm"), "purge"))
-	assert.Equal(t, purge, stubScriptEnv(t, []string{"DPKG_QUERY_STATUS=installed"}, script("postrm"), "purge"))
+	keep := append(purge, "find /var/lib/nodetrust -mindepth 1 -maxdepth 1 ! -name controlplane -exec rm -rf {} +")
+	assert.Equal(t, keep, stubScriptEnv(t, []string{"DPKG_QUERY_STATUS=config-files"}, script("postrm"), "purge"))
+	assert.Equal(t, keep, stubScriptEnv(t, []string{"DPKG_QUERY_STATUS=installed"}, script("postrm"), "purge"))
 	assert.Equal(t, ifBooted("systemctl --system daemon-reload"), stubScript(t, script("postrm"), "upgrade", "1.2.4-1"))
+
+	srv := t.TempDir()
+	run(t, "dpkg-deb", "-e", pkgs["nodetrust-server deb"], srv)
+	srvUnits := "nodetrust-controlplane.service nodetrust-metadata.service nodetrust-metadata.socket nodetrust-signer.service"
+	assert.Equal(t, cat(ifBooted("systemctl --system daemon-reload"), []string{
+		"deb-systemd-helper purge " + srvUnits, "deb-systemd-helper unmask " + srvUnits,
+		"rm -rf /var/lib/nodetrust-signer",
+		"rm -rf /var/lib/nodetrust/controlplane", "rmdir /var/lib/nodetrust"}),
+		stubScript(t, filepath.Join(srv, "postrm"), "purge"))
 
 	ctl2 := t.TempDir()
 	run(t, "dpkg-deb", "-e", pkgs["nodetrust deb"], ctl2)
