@@ -222,3 +222,19 @@ func TestRotationWhileAway(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond, "the bundle read after the bootstrap")
 	n.stop()
 }
+
+func nextPEMCert(b []byte) (*x509.Certificate, []byte) {
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return nil, nil
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		if c, err := x509.ParseCertificate(blk.Bytes); err == nil {
+			return c, b
+		}
+	}
+}

@@ -39,6 +39,9 @@ type Options struct {
 	Clock clock.Clock
 	// TokenTTL is the bootstrap token's lifetime (default 24h).
 	TokenTTL time.Duration
+	// RotationCheck is how often a cluster-CA rotation in update-clients
+	// looks whether every node moved (0: the control plane's default).
+	RotationCheck time.Duration
 }
 
 // Env is a running server side.
@@ -54,6 +57,8 @@ type Env struct {
 	Nodes    []string
 	Metadata *metadata.Server
 	MDAddr   string
+
+	rotationCheck time.Duration
 
 	mu         sync.Mutex
 	stopAPI    func()
@@ -91,7 +96,8 @@ func Start(t T, opt Options) *Env {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	e := &Env{t: t, Dir: dir, APIAddr: addr, APIURL: "https://" + addr, Clock: opt.Clock, Nodes: opt.Nodes}
+	e := &Env{t: t, Dir: dir, APIAddr: addr, APIURL: "https://" + addr, Clock: opt.Clock, Nodes: opt.Nodes,
+		rotationCheck: opt.RotationCheck}
 	if err := controlplane.Init(controlplane.InitOptions{DataDir: dir, Server: e.APIURL, Clock: opt.Clock}); err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +221,7 @@ func (e *Env) StartSigner() {
 func (e *Env) StartAPI() {
 	e.t.Helper()
 	srv, err := controlplane.NewServer(controlplane.Config{DataDir: e.Dir, MetadataFile: filepath.Join(e.Dir, "registry.yaml"),
-		Clock: e.Clock, Workers: 4})
+		Clock: e.Clock, Workers: 4, RotationCheck: e.rotationCheck})
 	if err != nil {
 		e.t.Fatal(err)
 	}
