@@ -557,3 +557,47 @@ func TestBuildErrors(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "SOURCE_DATE_EPOCH")
 }
+
+// TestRealUnits builds from the repository's own systemd/ folder, once
+// every unit the packages need is there, and lints the result.
+func TestRealUnits(t *testing.T) {
+	units, err := findUnits(filepath.Join("..", "systemd", "units"), false)
+	if err != nil {
+		t.Skipf("systemd/units not complete yet, built from testdata only: %v", err)
+	}
+	packages(t) // the stand-in binary
+	out := t.TempDir()
+	arts, err := Build(Options{Root: "..", Binary: filepath.Join(builtDir, "nodetrust"), Version: "1.2.3", OutDir: out, Epoch: testEpoch})
+	require.NoError(t, err)
+	require.Len(t, arts, 6)
+
+	if _, err := exec.LookPath("dpkg-deb"); err == nil {
+		var all strings.Builder
+		for _, a := range arts {
+			if a.Format == "deb" {
+				all.WriteString(run(t, "dpkg-deb", "-c", a.Path))
+			}
+		}
+		for _, us := range units {
+			for _, u := range us {
+				assert.Contains(t, all.String(), "./usr/lib/systemd/system/"+u.Name+"\n")
+			}
+		}
+	}
+	var debs, rpms []string
+	for _, a := range arts {
+		if a.Format == "deb" {
+			debs = append(debs, a.Path)
+		} else {
+			rpms = append(rpms, a.Path)
+		}
+	}
+	if _, err := exec.LookPath("lintian"); err == nil {
+		out, err := exec.Command("lintian", append([]string{"--fail-on", "error,warning", "--tag-display-limit", "0"}, debs...)...).CombinedOutput()
+		assert.NoError(t, err, "lintian:\n%s", out)
+	}
+	if _, err := exec.LookPath("rpmlint"); err == nil {
+		out, err := exec.Command("rpmlint", append([]string{"-c", "rpmlint.toml"}, rpms...)...).CombinedOutput()
+		assert.NoError(t, err, "rpmlint:\n%s", out)
+	}
+}
