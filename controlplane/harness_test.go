@@ -37,9 +37,13 @@ type cluster struct {
 	// metaData, when set before start, is the metadata data file the
 	// trust bundle is published in.
 	metaData string
+	// tunnelAddr, when set before start, is where the tunnel server
+	// listens.
+	tunnelAddr string
 }
 
-func newCluster(t *testing.T) *cluster {
+// newCluster starts a cluster; opts change it before it starts.
+func newCluster(t *testing.T, opts ...func(*cluster)) *cluster {
 	t.Helper()
 	// UNIX socket paths are limited to about 100 bytes; t.TempDir can be longer.
 	dir, err := os.MkdirTemp("", "ntcp")
@@ -70,6 +74,9 @@ instances:
   networkInterfaces:
   - ip: 10.0.0.11
 `), 0o600)
+	for _, o := range opts {
+		o(c)
+	}
 	c.startSigner()
 	c.start()
 	return c
@@ -107,7 +114,7 @@ func (c *cluster) start() {
 	c.t.Helper()
 	srv, err := controlplane.NewServer(controlplane.Config{DataDir: c.dir, MetadataFile: c.meta, Clock: c.clk, Workers: 4,
 		GCInterval:   10000 * time.Hour, // tests call Collect themselves
-		MetadataData: c.metaData})
+		MetadataData: c.metaData, TunnelListen: c.tunnelAddr})
 	if err != nil {
 		c.t.Fatal(err)
 	}
