@@ -413,6 +413,10 @@ type scriptData struct {
 	Package       string
 	Units         []string // every unit of the package
 	EnableUnits   []string // those with an [Install] section
+	// RestartUnits are the services, restarted on upgrade; a socket
+	// keeps listening (its service holds the same socket), and a
+	// target has nothing to restart.
+	RestartUnits []string
 	Users         []string // system users the common package creates
 	SysusersFiles []string // their sysusers.d file names
 	Sysusers      []sysusersFile
@@ -430,6 +434,9 @@ func (b *builder) scripts(info *nfpm.Info, name, format string) error {
 		d.Units = append(d.Units, u.Name)
 		if u.Enable {
 			d.EnableUnits = append(d.EnableUnits, u.Name)
+		}
+		if strings.HasSuffix(u.Name, ".service") {
+			d.RestartUnits = append(d.RestartUnits, u.Name)
 		}
 	}
 	if name == CommonPackage {

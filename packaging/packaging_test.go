@@ -446,6 +446,11 @@ func TestDebScriptBranches(t *testing.T) {
 		"rm -rf /var/lib/nodetrust/controlplane", "rmdir /var/lib/nodetrust"}),
 		stubScript(t, filepath.Join(srv, "postrm"), "purge"))
 
+	postinst, err := os.ReadFile(filepath.Join(srv, "postinst"))
+	require.NoError(t, err)
+	assert.Contains(t, string(postinst), "try-restart nodetrust-controlplane.service nodetrust-metadata.service nodetrust-signer.service >",
+		"upgrade restarts the services, never the socket")
+
 	ctl2 := t.TempDir()
 	run(t, "dpkg-deb", "-e", pkgs["nodetrust deb"], ctl2)
 	assert.Equal(t, cat([]string{"systemd-sysusers nodetrust.conf"}, ifBooted("systemd-tmpfiles --create nodetrust.conf")),
