@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/systemd"
 )
 
 // Exit codes of `nodetrust agent`.
@@ -26,15 +27,20 @@ func init() {
 	register(&command{
 		name:    "agent",
 		summary: "Run the node agent: bootstrap from metadata, obtain and rotate the node's certificates.",
-		usage: "[--config FILE] [--once [--timeout D]]\n\n" +
+		usage: "[--config FILE] [--once [--timeout D]]  |  reload --pid PID\n\n" +
 			"Exit codes: 0 success (--once: credentials valid), 1 --once could not obtain them before --timeout\n" +
-			"or the agent failed, 2 bad command line, 3 bad configuration file.",
+			"or the agent failed, 2 bad command line, 3 bad configuration file.\n" +
+			"Under systemd (Type=notify) it sends READY=1 once its credentials are valid and a tunnel is up,\n" +
+			"STATUS= lines, watchdog pings; SIGHUP re-reads --config ('nodetrust agent reload --help').",
 		example: "nodetrust agent --config /etc/nodetrust/agent.yaml --once --timeout 2m",
 		run:     runAgent,
 	})
 }
 
 func runAgent(ctx context.Context, env *cmdEnv, args []string) error {
+	if len(args) > 0 && args[0] == "reload" {
+		return runAgentReload(ctx, env, args[1:])
+	}
 	fs := newFlagSet(commands["agent"], env)
 	cfgPath := fs.String("config", "/etc/nodetrust/agent.yaml", "agent configuration file")
 	once := fs.Bool("once", false, "bootstrap or renew if needed, then exit")
@@ -47,6 +53,8 @@ func runAgent(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	hup, unsubscribe := subscribeHUP() // before anything slow: an early SIGHUP must not kill the agent
+	defer unsubscribe()
 	cfg, err := agent.LoadConfig(*cfgPath)
 	if err != nil {
 		return &exitError{exitConfig, err}
@@ -91,5 +99,12 @@ func runAgent(ctx context.Context, env *cmdEnv, args []string) error {
 		})
 		log.Info("serving /metrics and /healthz", "addr", ln.Addr().String())
 	}
-	return a.Run(ctx)
+	// systemd: READY, STATUS, watchdog, reload (all no-ops without NOTIFY_SOCKET).
+	sup := systemd.NewSupervisor(systemd.FromEnv(log), a, nil, log)
+	a.OnHeartbeat(sup.Heartbeat(), sup.Poke)
+	wg.Go(func() { sup.Run(ctx) })
+	wg.Go(func() { serveAgentReloads(ctx, hup, a, sup, *cfgPath, reloadResultPath(cfg.StateDir), log) })
+	err = a.Run(ctx)
+	cancel()
+	return err
 }

@@ -96,7 +96,7 @@ func runControlplaneServer(ctx context.Context, env *cmdEnv, c *command, args []
 		srv.Store.Close()
 		return fmt.Errorf("--listen %s: %w", *listen, err)
 	}
-	return srv.Run(ctx, ln)
+	return notifyServing(log, "serving the API on "+ln.Addr().String(), func() error { return srv.Run(ctx, ln) })
 }
 
 func runControlplaneInit(ctx context.Context, env *cmdEnv, args []string) error {
@@ -126,6 +126,7 @@ func runControlplaneSigner(ctx context.Context, env *cmdEnv, args []string) erro
 	socket := fs.String("socket", "", "UNIX socket to listen on (default DATA_DIR/run/signer.sock)")
 	dur := fs.Duration("duration", 365*24*time.Hour, "longest certificate lifetime; shorter spec.expirationSeconds (>= 10m) are honoured")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	mode := signerSocketModeFlag(fs)
 	if err := parseFlags(fs, env, args); err != nil {
 		return err
 	}
@@ -139,7 +140,9 @@ func runControlplaneSigner(ctx context.Context, env *cmdEnv, args []string) erro
 	if err != nil {
 		return err
 	}
+	stop := notifySigner(ctx, log, *dataDir, *socket, mode.m)
 	err = controlplane.RunSigner(ctx, controlplane.SignerConfig{DataDir: *dataDir, Socket: *socket, MaxDuration: *dur, Logger: log})
+	stop()
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

@@ -4,16 +4,29 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
+
+	"github.com/coreos/go-systemd/v22/journal"
+
+	"github.com/nodetrust/nodetrust/systemd"
 )
 
-// newLogger returns a text logger at the named level.
+// newLogger returns a logger at the named level: structured entries to
+// the journal when w is a stderr that systemd connected to the journal
+// (JOURNAL_STREAM), text lines otherwise. Both redact the values of
+// attributes whose keys name secrets (systemd.SecretKey).
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(strings.ToUpper(level))); err != nil {
 		return nil, fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, level)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	if f, ok := w.(*os.File); ok && f == os.Stderr {
+		if yes, _ := journal.StderrIsJournalStream(); yes && journal.Enabled() {
+			return slog.New(systemd.NewJournalHandler(l, nil)), nil
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l, ReplaceAttr: systemd.RedactAttr})), nil
 }
 
 // stringList is a repeatable string flag.

@@ -17,13 +17,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nodetrust/nodetrust/metadata"
+	"github.com/nodetrust/nodetrust/systemd"
 )
 
 func init() {
 	register(&command{
 		name:    "metadata",
 		summary: "Serve GCE-compatible instance metadata, concealing bootstrap secrets from pods.",
-		usage:   "--data FILE [--listen ADDR] [--metrics-listen ADDR] [flags]",
+		usage: "--data FILE [--listen ADDR] [--metrics-listen ADDR] [flags]\n\n" +
+			"Socket activation: sockets passed by systemd (LISTEN_FDS; FileDescriptorName=metadata or unnamed)\n" +
+			"are served instead of --listen. Under Type=notify it sends READY=1 when serving, and\n" +
+			"RELOADING=1 ... READY=1 around the reload a SIGHUP triggers.",
 		example: "nodetrust metadata --listen 127.0.0.1:8080 --data /etc/nodetrust/metadata.yaml --metrics-listen 127.0.0.1:9101",
 		run:     runMetadata,
 	})
@@ -69,9 +73,9 @@ func runMetadata(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := metadataListener(*listen, log)
 	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
+		return err
 	}
 	var mln net.Listener
 	if *metricsListen != "" {
@@ -90,19 +94,15 @@ func runMetadata(ctx context.Context, env *cmdEnv, args []string) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
-	wg.Go(func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				select {
-				case trigger <- struct{}{}:
-				default:
-				}
-			}
+	d := systemd.FromEnv(log)
+	serving := func() string {
+		n := 0
+		if data := srv.Data(); data != nil {
+			n = len(data.Instances)
 		}
-	})
+		return fmt.Sprintf("serving metadata on %s: %d instances", ln.Addr(), n)
+	}
+	wg.Go(func() { metadataReloads(ctx, hup, trigger, d, reg, *dataPath, serving) })
 	rl := &metadata.Reloader{Path: *dataPath, Server: srv, Logger: log, Trigger: trigger, Loaded: raw}
 	wg.Go(func() { errc <- rl.Run(ctx) })
 	if mln != nil {
@@ -120,7 +120,9 @@ func runMetadata(ctx context.Context, env *cmdEnv, args []string) error {
 		log.Info("serving metrics", "addr", mln.Addr().String())
 	}
 	log.Info("serving metadata", "addr", ln.Addr().String(), "data", *dataPath, "instances", len(data.Instances))
+	d.Ready(serving())
 	err = srv.Run(ctx, ln)
+	d.Stopping()
 	cancel()
 	wg.Wait()
 	close(errc)
