@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/certificate/csr"
@@ -182,38 +182,92 @@ func mustRead(t *testing.T, path string) []byte {
 	return b
 }
 
-// TestServingCertSwapKeepsConnections: a TLS client trusting old and new
-// never fails across update-servers, and its open connection survives.
+// TestServingCertSwapKeepsConnections: clients trusting old and new
+// never fail from start to complete, on new connections or on one kept
+// open; after update-servers a client trusting only the new CA connects
+// and one trusting only the old CA no longer does.
 func TestServingCertSwapKeepsConnections(t *testing.T) {
 	c := newCluster(t)
-	_ = c.issueNode(t, c.withToken(c.token(time.Hour)), "node-1")
+	_ = c.issueNode(t, c.withToken(c.token(time.Hour)), "node-1") // keeps update-clients until forced
 	_, err := c.rotate(t, "start")
 	require.NoError(t, err)
 	bundle := mustRead(t, controlplane.Paths{DataDir: c.dir}.CACert())
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(bundle)
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 10 * time.Second}
-	t.Cleanup(hc.CloseIdleConnections)
-	get := func() {
-		resp, err := hc.Get("https://" + c.addr + "/healthz")
-		require.NoError(t, err)
-		resp.Body.Close()
+	client := func(roots []byte, keepAlive bool) *http.Client {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(roots)
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: !keepAlive}, Timeout: 10 * time.Second}
+		t.Cleanup(hc.CloseIdleConnections)
+		return hc
 	}
-	get()
-	var conn *tls.ConnectionState
-	resp, err := hc.Get("https://" + c.addr + "/version")
+	get := func(hc *http.Client) (*http.Response, error) {
+		resp, err := hc.Get("https://" + c.addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	fresh, kept := client(bundle, false), client(bundle, true)
+	resp, err := get(kept)
 	require.NoError(t, err)
-	conn = resp.TLS
-	resp.Body.Close()
-	oldIssuer := conn.PeerCertificates[0].Issuer.String()
+	oldIssuer := resp.TLS.PeerCertificates[0].Issuer.CommonName
 
-	_, err = c.rotate(t, "complete") // forces update-servers
+	stop := make(chan struct{})
+	done := make(chan [2]int)
+	go func() {
+		var ok, failed int
+		for {
+			select {
+			case <-stop:
+				done <- [2]int{ok, failed}
+				return
+			default:
+			}
+			for _, hc := range []*http.Client{fresh, kept} {
+				if _, err := get(hc); err != nil {
+					failed++
+					t.Logf("GET during the rotation: %v", err)
+				} else {
+					ok++
+				}
+			}
+		}
+	}()
+	st, err := c.rotate(t, "complete") // forces update-servers
 	require.NoError(t, err)
-	get() // the kept-alive connection still answers
-	hc.CloseIdleConnections()
-	resp, err = hc.Get("https://" + c.addr + "/version")
+	require.Equal(t, "update-servers", st.Phase)
+	resp, err = get(client(bundle, false))
 	require.NoError(t, err)
-	resp.Body.Close()
-	assert.NotEqual(t, oldIssuer, resp.TLS.PeerCertificates[0].Issuer.String(), "a new connection gets the new CA's certificate")
-	assert.True(t, strings.HasPrefix(resp.TLS.PeerCertificates[0].Issuer.CommonName, "nodetrust-cluster-ca-"))
+	assert.NotEqual(t, oldIssuer, resp.TLS.PeerCertificates[0].Issuer.CommonName, "a new connection gets the new CA's certificate")
+	cas, err := pki.ParseCerts(bundle)
+	require.NoError(t, err)
+	_, err = get(client(pki.EncodeCert(cas[0]), false))
+	require.NoError(t, err, "a client trusting only the new CA")
+	_, err = get(client(c.caPEM, false))
+	require.Error(t, err, "a client trusting only the old CA")
+	st, err = c.rotate(t, "complete")
+	require.NoError(t, err)
+	require.Equal(t, "idle", st.Phase)
+	close(stop)
+	counts := <-done
+	assert.Zero(t, counts[1], "requests failed during the rotation")
+	assert.Positive(t, counts[0])
+}
+
+// TestTrustBundleAccess: every authenticated caller reads the ConfigMap;
+// anonymous callers do not, and no other ConfigMap exists.
+func TestTrustBundleAccess(t *testing.T) {
+	c := newCluster(t)
+	n1 := c.issueNode(t, c.withToken(c.token(time.Hour)), "node-1")
+	for _, cl := range []kubernetes.Interface{c.admin(), c.withToken(c.token(time.Hour)), c.withCert(n1.cert, n1.key)} {
+		assert.Equal(t, "idle", trustBundle(t, cl)["phase"])
+		_, err := cl.CoreV1().ConfigMaps("kube-system").Get(ctxT(t), "kube-root-ca.crt", metav1.GetOptions{})
+		assert.True(t, apierrors.IsNotFound(err), "%v", err)
+	}
+	anon := kubernetes.NewForConfigOrDie(c.restConfig())
+	_, err := anon.CoreV1().ConfigMaps(apiserver.TrustBundleNamespace).Get(ctxT(t), apiserver.TrustBundleName, metav1.GetOptions{})
+	assert.True(t, apierrors.IsUnauthorized(err), "%v", err)
+	_, err = c.rotate(t, "start")
+	require.NoError(t, err)
+	_, err = c.withCert(n1.cert, n1.key).CoreV1().RESTClient().Post().AbsPath("/apis/nodetrust.dev/v1/rotation/rollback").Do(ctxT(t)).Raw()
+	assert.True(t, apierrors.IsForbidden(err), "a node may not drive the rotation: %v", err)
 }

@@ -47,7 +47,8 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /api/v1", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, &metav1.APIResourceList{
 			TypeMeta: metav1.TypeMeta{Kind: "APIResourceList", APIVersion: "v1"}, GroupVersion: "v1",
-			APIResources: []metav1.APIResource{},
+			// Only the trust-bundle ConfigMap is served (docs/rotation.md).
+			APIResources: []metav1.APIResource{{Name: "configmaps", Namespaced: true, Kind: "ConfigMap", Verbs: metav1.Verbs{"get"}, ShortNames: []string{"cm"}}},
 		})
 	})
 	gv := metav1.GroupVersionForDiscovery{GroupVersion: certGroup + "/v1", Version: "v1"}
