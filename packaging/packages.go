@@ -186,17 +186,18 @@ func (b *builder) contents(name, format string) (files.Contents, error) {
 		c = append(c, file(ov, "/usr/share/lintian/overrides/"+name, 0o644))
 	}
 
+	for _, page := range manPages[name] {
+		gz, err := b.gzipped("files/man/"+page, page+".gz")
+		if err != nil {
+			return nil, err
+		}
+		section := page[strings.LastIndexByte(page, '.')+1:]
+		c = append(c, doc(file(gz, "/usr/share/man/man"+section+"/"+page+".gz", 0o644), format))
+	}
+
 	switch name {
 	case CommonPackage:
 		c = append(c, file(b.opts.Binary, "/usr/bin/nodetrust", 0o755))
-		for _, page := range []string{"nodetrust.8"} {
-			gz, err := b.gzipped("files/man/"+page, page+".gz")
-			if err != nil {
-				return nil, err
-			}
-			section := page[strings.LastIndexByte(page, '.')+1:]
-			c = append(c, doc(file(gz, "/usr/share/man/man"+section+"/"+page+".gz", 0o644), format))
-		}
 		for _, conf := range b.confs {
 			c = append(c, file(conf.Source, conf.Dest, 0o644))
 		}
@@ -233,6 +234,12 @@ func (b *builder) contents(name, format string) (files.Contents, error) {
 		}
 	}
 	return c, nil
+}
+
+// manPages are each package's manual pages, from packaging/files/man.
+var manPages = map[string][]string{
+	CommonPackage: {"nodetrust.8"},
+	AgentPackage:  {"nodetrust-agent.yaml.5"},
 }
 
 // configFiles are each package's conffiles (dpkg) / %config(noreplace)
@@ -410,13 +417,13 @@ func rpmChangelogVersion(version, release string) string {
 
 // scriptData fills the maintainer script templates.
 type scriptData struct {
-	Package       string
-	Units         []string // every unit of the package
-	EnableUnits   []string // those with an [Install] section
+	Package     string
+	Units       []string // every unit of the package
+	EnableUnits []string // those with an [Install] section
 	// RestartUnits are the services, restarted on upgrade; a socket
 	// keeps listening (its service holds the same socket), and a
 	// target has nothing to restart.
-	RestartUnits []string
+	RestartUnits  []string
 	Users         []string // system users the common package creates
 	SysusersFiles []string // their sysusers.d file names
 	Sysusers      []sysusersFile

@@ -209,6 +209,7 @@ func TestDebFiles(t *testing.T) {
 		{AgentPackage, map[string]os.FileMode{
 			"/usr/lib/systemd/system/nodetrust-agent.service":    0o644,
 			"/etc/nodetrust/agent.yaml":                          0o644,
+			"/usr/share/man/man5/nodetrust-agent.yaml.5.gz":      0o644,
 			"/usr/share/doc/nodetrust-agent/copyright":           0o644,
 			"/usr/share/doc/nodetrust-agent/changelog.Debian.gz": 0o644,
 			"/usr/share/lintian/overrides/nodetrust-agent":       0o644,
