@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -76,36 +77,50 @@ func TestRPMPackages(t *testing.T) {
 			t.FailNow()
 		}
 	}
-	step("common %pre/%post 1 create the system users", func(t *testing.T) {
+	// rpm itself (on the host, --root, --noscripts) lays the payload down;
+	// the scriptlets run inside the booted machine, in rpm's order.
+	rpmRoot := func(t *testing.T, args ...string) {
+		t.Helper()
+		full := append([]string{"--root", ct.Root, "--nodeps", "--noscripts"}, args...)
+		out, err := exec.Command("rpm", full...).CombinedOutput()
+		require.NoError(t, err, "rpm %s: %s", strings.Join(full, " "), out)
+	}
+	var pid string
+	step("install: %pre 1, payload, %post 1 create the users and preset the unit", func(t *testing.T) {
 		if pre := rpmQuery(t, common, "%{PREIN}"); pre != "(none)" {
 			rpmScriptlet(t, common, "PREIN").run(t, ct, "nodetrust %pre", 1)
 		}
+		uid, _ := userIDs(t, ct, "nodetrust")
+		rpmRoot(t, "-i", common, agentOld)
 		rpmScriptlet(t, common, "POSTIN").run(t, ct, "nodetrust %post", 1)
-		userIDs(t, ct, "nodetrust")
-	})
-	var pid string
-	step("agent files in place and running (laid down by the .deb)", func(t *testing.T) {
-		dpkgInstall(t, ct, f.Old, "old", "nodetrust", "nodetrust-agent")
-		// Fresh-install %post: the preset enables the unit, nothing starts.
-		_, err := ct.Run(ctxT(t, 30*time.Second), "systemctl", "disable", agentUnit)
-		require.NoError(t, err)
 		rpmScriptlet(t, agentOld, "POSTIN").run(t, ct, "nodetrust-agent %post", 1)
-		p := show(t, ct, agentUnit, "ActiveState")
 		assert.Equal(t, "enabled", isEnabled(t, ct, agentUnit), "%%post 1 must enable the unit by preset")
-		assert.Equal(t, "inactive", p["ActiveState"], "%%post 1 must not start an unconfigured agent")
+		assert.Equal(t, "inactive", show(t, ct, agentUnit, "ActiveState")["ActiveState"], "%%post 1 must not start an unconfigured agent")
+		fi, err := os.Stat(ct.Path(agentState))
+		require.NoError(t, err)
+		assert.Equal(t, uid, int(fi.Sys().(*syscall.Stat_t).Uid), "%s owner", agentState)
+	})
+	step("configured agent starts", func(t *testing.T) {
 		require.NoError(t, appendFile(ct.Path(agentConf), adminConfig()))
-		_, err = ct.Run(ctxT(t, 90*time.Second), "systemctl", "start", agentUnit)
+		_, err := ct.Run(ctxT(t, 90*time.Second), "systemctl", "start", agentUnit)
 		require.NoError(t, err)
 		pid = show(t, ct, agentUnit, "MainPID")["MainPID"]
 	})
-	step("upgrade: %post 2, old %preun 1, old %postun 1 reload systemd and restart", func(t *testing.T) {
-		// A changed unit file (as an upgrade ships) systemd has not loaded.
+	step("upgrade: payload, new %post 2, old %preun 1, old %postun 1 reload systemd and restart", func(t *testing.T) {
+		conf, err := os.ReadFile(ct.Path(agentConf))
+		require.NoError(t, err)
+		rpmRoot(t, "-U", f.New.Path("nodetrust", "rpm"), agentNew)
+		after, err := os.ReadFile(ct.Path(agentConf))
+		require.NoError(t, err)
+		assert.Equal(t, string(conf), string(after), "%%config(noreplace) keeps the edited %s", agentConf)
+		// A changed unit file (as an upgrade may ship) systemd has not loaded.
 		unitPath := ct.Path("/usr/lib/systemd/system/" + agentUnit)
 		unit, err := os.ReadFile(unitPath)
 		require.NoError(t, err)
 		changed := strings.Replace(string(unit), "[Service]\n", "[Service]\nEnvironment=NODETRUST_TEST_UPGRADED=1\n", 1)
 		require.NoError(t, os.WriteFile(unitPath, []byte(changed), 0o644))
 		require.Equal(t, "yes", show(t, ct, agentUnit, "NeedDaemonReload")["NeedDaemonReload"])
+
 		rpmScriptlet(t, agentNew, "POSTIN").run(t, ct, "nodetrust-agent (new) %post", 2)
 		rpmScriptlet(t, agentOld, "PREUN").run(t, ct, "nodetrust-agent (old) %preun", 1)
 		assert.Equal(t, pid, show(t, ct, agentUnit, "MainPID")["MainPID"], "%%preun 1 must leave the agent running")
@@ -116,18 +131,24 @@ func TestRPMPackages(t *testing.T) {
 		assert.NotEqual(t, pid, p["MainPID"], "%%postun 1 must try-restart the running agent")
 		assert.Contains(t, p["Environment"], "NODETRUST_TEST_UPGRADED=1")
 		assert.Equal(t, "enabled", isEnabled(t, ct, agentUnit))
+		out, err := ct.Run(ctxT(t, 10*time.Second), "nodetrust", "version")
+		require.NoError(t, err)
+		assert.Contains(t, string(out), newVersion)
 	})
-	step("erase: %preun 0 disables and stops, %postun 0 keeps config and state", func(t *testing.T) {
-		rpmScriptlet(t, agentOld, "PREUN").run(t, ct, "nodetrust-agent %preun", 0)
-		p := show(t, ct, agentUnit, "ActiveState")
+	step("erase: %preun 0 disables and stops, %postun 0 keeps the state", func(t *testing.T) {
+		conf, err := os.ReadFile(ct.Path(agentConf))
+		require.NoError(t, err)
+		rpmScriptlet(t, agentNew, "PREUN").run(t, ct, "nodetrust-agent %preun", 0)
 		assert.Equal(t, "disabled", isEnabled(t, ct, agentUnit))
-		assert.Equal(t, "inactive", p["ActiveState"])
-		rpmScriptlet(t, agentOld, "POSTUN").run(t, ct, "nodetrust-agent %postun", 0)
-		for _, p := range []string{agentConf, agentState + "/pki/kubelet-client-current.pem"} {
-			_, err := os.Lstat(ct.Path(p))
-			assert.NoError(t, err, "%s must survive an rpm erase", p)
-		}
 		assert.Equal(t, "inactive", show(t, ct, agentUnit, "ActiveState")["ActiveState"])
+		rpmRoot(t, "-e", "nodetrust-agent")
+		rpmScriptlet(t, agentNew, "POSTUN").run(t, ct, "nodetrust-agent %postun", 0)
+		_, err = os.Lstat(ct.Path(agentState + "/pki/kubelet-client-current.pem"))
+		assert.NoError(t, err, "the state must survive an rpm erase")
+		saved, err := os.ReadFile(ct.Path(agentConf + ".rpmsave"))
+		require.NoError(t, err, "rpm -e saves the edited config as .rpmsave")
+		assert.Equal(t, string(conf), string(saved))
+		assert.Equal(t, "no", show(t, ct, agentUnit, "NeedDaemonReload")["NeedDaemonReload"])
 	})
 }
 
