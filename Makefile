@@ -36,6 +36,7 @@ bench: build
 	$(GO) run ./test/bench/agentbench -bin $(BIN)
 	$(GO) run ./test/bench/tunnelbench
 	$(GO) run ./test/bench/konnbench
+	$(GO) run ./test/bench/rotationbench
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
