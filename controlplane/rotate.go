@@ -71,6 +71,7 @@ type rotator struct {
 	state rotation.State // guarded by mu; read through snap
 
 	snap  atomic.Pointer[rotation.State]
+	cas   atomic.Pointer[[]parsedCA] // of snap
 	creds atomic.Pointer[creds]
 	nodes nodeIssuers
 	kick  chan struct{} // a node's CA changed
@@ -91,7 +92,8 @@ func newRotator(cfg Config, p Paths, sc *signer.Client, st *store.Store) (*rotat
 	case err != nil:
 		return nil, err
 	}
-	if err := r.nodes.load(st); err != nil {
+	cas := parseCAs(s)
+	if err := r.nodes.load(st, cas); err != nil {
 		return nil, err
 	}
 	r.state = s
@@ -120,6 +122,8 @@ func (r *rotator) apply(s rotation.State) error {
 		return fmt.Errorf("API serving pair %s: %w", crt, err)
 	}
 	r.creds.Store(&creds{gen: s.Generation, cert: pair, pool: pool})
+	cas := parseCAs(s)
+	r.cas.Store(&cas)
 	r.snap.Store(&s)
 	bundle := s.BundlePEM()
 	if err := writeIfChanged(r.paths.CACert(), bundle, 0o644); err != nil {
