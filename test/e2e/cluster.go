@@ -41,6 +41,13 @@ type ClusterOptions struct {
 	// AgentConfig, if set, edits each node's agent configuration (a YAML
 	// map) before it is written, e.g. to add a section.
 	AgentConfig func(n *Node, cfg map[string]any)
+	// SignerArgs and APIArgs are added to the signer's and the API's
+	// command lines (e.g. --duration 135s, --metadata-data FILE).
+	SignerArgs, APIArgs []string
+	// PublishBundle runs the API with --metadata-data on the metadata data
+	// file: the trust bundle goes into project attribute
+	// nodetrust-ca-bundle on every change.
+	PublishBundle bool
 }
 
 // Cluster is a running metadata host (signer, API with tunnel server,
@@ -119,7 +126,7 @@ func StartCluster(t testing.TB, opt ClusterOptions) *Cluster {
 	if c.CAPEM, err = os.ReadFile(filepath.Join(c.CPDir, "pki", "ca.crt")); err != nil {
 		t.Fatal(err)
 	}
-	c.Signer = c.start(host, "signer", "controlplane", "signer", "--data-dir", c.CPDir)
+	c.Signer = c.start(host, "signer", append([]string{"controlplane", "signer", "--data-dir", c.CPDir}, opt.SignerArgs...)...)
 	c.Eventually(20*time.Second, "signer socket", func() error {
 		_, err := os.Stat(filepath.Join(c.CPDir, "run", "signer.sock"))
 		return err
@@ -127,9 +134,12 @@ func StartCluster(t testing.TB, opt ClusterOptions) *Cluster {
 
 	c.Data = c.metadataData("")
 	c.must(c.WriteData())
-	c.API = c.start(host, "api", "controlplane", "--data-dir", c.CPDir,
+	if opt.PublishBundle {
+		opt.APIArgs = append(opt.APIArgs, "--metadata-data", c.DataFile)
+	}
+	c.API = c.start(host, "api", append([]string{"controlplane", "--data-dir", c.CPDir,
 		"--listen", fmt.Sprintf("%s:%d", HostIP, APIPort), "--metadata", c.DataFile,
-		"--tunnel-listen", fmt.Sprintf("%s:%d", HostIP, TunnelPort), "--tunnel-connect-socket", c.ConnectSocket)
+		"--tunnel-listen", fmt.Sprintf("%s:%d", HostIP, TunnelPort), "--tunnel-connect-socket", c.ConnectSocket}, opt.APIArgs...)...)
 	api := c.apiClient()
 	c.Eventually(30*time.Second, "API /readyz", func() error {
 		resp, err := api.Get(fmt.Sprintf("https://%s:%d/readyz", HostIP, APIPort))
@@ -357,6 +367,13 @@ func (n *Node) StartAgent() {
 	c := n.c
 	c.t.Helper()
 	n.Agent = c.start(n.Net.NS, "agent-"+n.Name, "agent", "--config", n.ConfigPath)
+}
+
+// StopAgent stops the node's agent with SIGTERM (SIGKILL after 3 s).
+func (n *Node) StopAgent() {
+	if n.Agent != nil {
+		n.Agent.Stop(3 * time.Second)
+	}
 }
 
 // KillAgent kills the node's agent with SIGKILL.
