@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		os.Exit(m.Run()) // every machine test skips
 	}
+	if unmounted := SweepMounts(); len(unmounted) > 0 {
+		fmt.Fprintf(os.Stderr, "machine: unmounted what crashed runs left: %s\n", strings.Join(unmounted, " "))
+	}
 	if removed := e2e.Sweep(); len(removed) > 0 {
 		fmt.Fprintf(os.Stderr, "machine: removed what crashed runs left: %s\n", strings.Join(removed, " "))
 	}
