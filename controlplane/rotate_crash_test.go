@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodetrust/nodetrust/controlplane"
 	"github.com/nodetrust/nodetrust/controlplane/pki"
@@ -150,4 +151,24 @@ func TestAPIProcessNeedsNoCAKey(t *testing.T) {
 		}
 		return nil
 	}))
+}
+
+// TestNodeCAsSurviveCollection: a node's CA is still known after a
+// restart once its CSR is gone (collected after an hour).
+func TestNodeCAsSurviveCollection(t *testing.T) {
+	c := newCluster(t)
+	c.issueNode(t, c.withToken(c.token(time.Hour)), "node-1")
+	require.Eventually(t, func() bool { return c.rotationStatus(t).Nodes == 1 }, 20*time.Second, 10*time.Millisecond)
+	c.stop() // writes the records
+	c.start()
+	list, err := c.admin().CertificatesV1().CertificateSigningRequests().List(ctxT(t), metav1.ListOptions{})
+	require.NoError(t, err)
+	for _, r := range list.Items {
+		require.NoError(t, c.admin().CertificatesV1().CertificateSigningRequests().Delete(ctxT(t), r.Name, metav1.DeleteOptions{}))
+	}
+	c.stop()
+	c.start()
+	st := c.rotationStatus(t)
+	assert.Equal(t, 1, st.Nodes)
+	assert.Equal(t, 1, st.Bundle[0].Nodes)
 }

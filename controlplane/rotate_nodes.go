@@ -202,15 +202,17 @@ func (r *rotator) run(ctx context.Context, every time.Duration) error {
 	t := r.clk.NewTicker(every)
 	defer t.Stop()
 	for {
-		if err := r.nodes.flush(r.store); err != nil && ctx.Err() == nil {
-			r.log.Warn("record the CA of nodes' certificates", "err", err)
-		}
 		r.maybeUpdateServers()
 		select {
 		case <-ctx.Done():
 			r.nodes.flush(r.store)
 			return nil
 		case <-t.C():
+			// Records are written in batches, once per tick: fewer
+			// fsyncs during bootstrap storms.
+			if err := r.nodes.flush(r.store); err != nil && ctx.Err() == nil {
+				r.log.Warn("record the CA of nodes' certificates", "err", err)
+			}
 		case <-r.kick:
 		}
 	}
