@@ -10,6 +10,9 @@ type metrics struct {
 	failures    *prometheus.CounterVec
 	csrWait     *prometheus.HistogramVec
 	lastContact prometheus.Gauge
+	// trustChecks counts reads of the trust bundle by result: ok,
+	// not_published (404), failed.
+	trustChecks *prometheus.CounterVec
 }
 
 // Failure reasons, the values of the reason label.
@@ -43,12 +46,30 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 			Name: "nodetrust_agent_last_contact_timestamp_seconds",
 			Help: "Unix time of the last successful exchange with the API server.",
 		}),
+		trustChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodetrust_agent_trust_bundle_checks_total",
+			Help: "Reads of the cluster trust bundle (ConfigMap kube-public/nodetrust-trust-bundle), by result: ok, not_published, failed.",
+		}, []string{"result"}),
 	}
 	if reg == nil {
 		return m
 	}
 	expiry := prometheus.NewGaugeFunc // one per credential, computed at scrape time
-	collectors := []prometheus.Collector{m.rotations, m.failures, m.csrWait, m.lastContact}
+	collectors := []prometheus.Collector{m.rotations, m.failures, m.csrWait, m.lastContact, m.trustChecks,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "nodetrust_agent_trust_bundle_generation",
+			Help: "Generation of the cluster trust bundle the agent follows (0: none published or not read yet).",
+		}, func() float64 {
+			if b := a.trust.current(); b != nil {
+				return float64(b.Generation)
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "nodetrust_agent_trust_bundle_roots",
+			Help: "Cluster CAs the agent trusts (in <stateDir>/ca.crt); 2 during a CA rotation.",
+		}, func() float64 { return float64(len(pemCertsOf(a.caPEMOrNil()))) }),
+	}
 	for _, c := range a.creds {
 		c := c
 		collectors = append(collectors,

@@ -348,7 +348,7 @@ func (a *Agent) Status() *Status {
 	a.mu.Lock()
 	node := a.nodeName
 	a.mu.Unlock()
-	s := &Status{Node: node, Server: a.cfg.Server, Updated: now, Healthy: a.Healthy()}
+	s := &Status{Node: node, Server: a.cfg.Server, Updated: now, Healthy: a.Healthy(), Trust: a.trust.status()}
 	for _, c := range a.creds {
 		s.Credentials = append(s.Credentials, c.statusAt(now))
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -149,6 +150,16 @@ func TestRotationFollowsTheBundle(t *testing.T) {
 	n.waitOn(newCA, newCA, oldCA)
 	require.NotEqual(t, first.PublicKey, n.clientCert().PublicKey, "a new key for the re-issued certificate")
 	require.Equal(t, agent.Pin(newCA.cert), n.a.TrustBundle().ActivePin)
+	st := n.a.Status()
+	require.NotNil(t, st.Trust)
+	require.True(t, st.Trust.Published)
+	require.Equal(t, "update-clients", st.Trust.Phase)
+	require.Equal(t, agent.Pin(newCA.cert), st.Trust.ActiveCA)
+	require.Len(t, st.Trust.Roots, 2)
+	var words strings.Builder
+	st.Describe(&words, time.Now())
+	require.Contains(t, words.String(), "trust bundle: generation 2, rotation phase update-clients")
+	require.Contains(t, words.String(), "signing CA    "+agent.Pin(newCA.cert))
 
 	// update-servers: the API presents a certificate of the new CA.
 	api.set("update-servers", newCA, newCA, oldCA)
@@ -197,6 +208,12 @@ func TestRotationStockAPI(t *testing.T) {
 	polls := api.pollCount()
 	require.Eventually(t, func() bool { return api.pollCount() > polls+2 }, 10*time.Second, 10*time.Millisecond)
 	require.Nil(t, n.a.TrustBundle())
+	st := n.a.Status()
+	require.NotNil(t, st.Trust)
+	require.False(t, st.Trust.Published)
+	var words strings.Builder
+	st.Describe(&words, time.Now())
+	require.Contains(t, words.String(), "trust bundle: none published by the API")
 	n.waitOn(oldCA, oldCA)
 	n.stop()
 }

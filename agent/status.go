@@ -22,6 +22,22 @@ type Status struct {
 	Updated     time.Time          `json:"updated"`
 	Healthy     bool               `json:"healthy"`
 	Credentials []CredentialStatus `json:"credentials"`
+	// Trust is the cluster trust bundle the agent follows (CA rotation);
+	// nil before the first check.
+	Trust *TrustStatus `json:"trustBundle,omitempty"`
+}
+
+// TrustStatus describes the trust bundle last read from the API.
+type TrustStatus struct {
+	// Published is false when the API publishes none (a stock
+	// kube-apiserver): the agent keeps the roots it has.
+	Published  bool      `json:"published"`
+	Generation uint64    `json:"generation,omitempty"`
+	Phase      string    `json:"phase,omitempty"`
+	ActiveCA   string    `json:"activeCA,omitempty"`
+	Roots      []string  `json:"roots,omitempty"` // "subject sha256:<pin>", active first
+	LastCheck  time.Time `json:"lastCheck,omitzero"`
+	LastError  string    `json:"lastError,omitempty"`
 }
 
 // CredentialStatus describes one credential.
@@ -99,6 +115,30 @@ func (s *Status) Describe(w io.Writer, now time.Time) {
 		} else {
 			fmt.Fprintf(w, "  last error    none\n")
 		}
+	}
+	s.describeTrust(w, now)
+}
+
+// describeTrust writes the trust-bundle part of Describe.
+func (s *Status) describeTrust(w io.Writer, now time.Time) {
+	t := s.Trust
+	switch {
+	case t == nil:
+		return
+	case !t.Published && t.LastError == "":
+		fmt.Fprintf(w, "\ntrust bundle: none published by the API (checked %s ago); keeping the CA bundle from bootstrap\n", ago(now, t.LastCheck))
+		return
+	case t.Published:
+		fmt.Fprintf(w, "\ntrust bundle: generation %d, rotation phase %s (checked %s ago)\n", t.Generation, t.Phase, ago(now, t.LastCheck))
+		fmt.Fprintf(w, "  signing CA    %s\n", t.ActiveCA)
+		for _, r := range t.Roots {
+			fmt.Fprintf(w, "  trusted root  %s\n", r)
+		}
+	default:
+		fmt.Fprintf(w, "\ntrust bundle: not read yet\n")
+	}
+	if t.LastError != "" {
+		fmt.Fprintf(w, "  last error    %s\n", t.LastError)
 	}
 }
 

@@ -148,3 +148,15 @@ func nextCert(b []byte) (*x509.Certificate, []byte) {
 		}
 	}
 }
+
+// pemCertsOf parses every certificate of PEM b.
+func pemCertsOf(b []byte) []*x509.Certificate {
+	var out []*x509.Certificate
+	for {
+		var c *x509.Certificate
+		if c, b = nextCert(b); c == nil {
+			return out
+		}
+		out = append(out, c)
+	}
+}

@@ -43,9 +43,12 @@ type trust struct {
 	mu sync.Mutex // guards the fields below
 	// bundle is the last bundle accepted from the API (nil: none yet, or
 	// a stock API without one).
-	bundle   *Bundle
-	lastErr  error
-	failures int
+	bundle    *Bundle
+	lastErr   error
+	failures  int
+	checked   bool // a read was tried
+	published bool // the last answer was a bundle, not 404
+	lastCheck time.Time
 	// rejected is set when the API refused the client certificate at the
 	// TLS or HTTP level: the next round bootstraps from metadata.
 	rejected bool
@@ -86,6 +89,27 @@ func (t *trust) setRejected(v bool) {
 // API, or nil.
 func (a *Agent) TrustBundle() *Bundle { return a.trust.current() }
 
+// status describes the trust bundle for the status file (nil before the
+// first check).
+func (t *trust) status() *TrustStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.checked {
+		return nil
+	}
+	s := &TrustStatus{Published: t.published && t.bundle != nil, LastCheck: t.lastCheck}
+	if t.lastErr != nil {
+		s.LastError = t.lastErr.Error()
+	}
+	if b := t.bundle; b != nil {
+		s.Generation, s.Phase, s.ActiveCA = b.Generation, b.Phase, b.ActivePin
+		for _, r := range b.Roots {
+			s.Roots = append(s.Roots, r.Subject.String()+" "+Pin(r))
+		}
+	}
+	return s
+}
+
 // runTrust polls the trust bundle every trust.checkInterval (jittered)
 // until ctx is done, and at once when poked (a new client certificate).
 func (a *Agent) runTrust(ctx context.Context) {
@@ -120,6 +144,20 @@ func (a *Agent) pollTrust(ctx context.Context) time.Duration {
 		return a.trustFailed(err)
 	}
 	data, chain, err := a.getTrustBundle(ctx, cur.TLS, roots)
+	switch {
+	case err == nil:
+		a.m.trustChecks.WithLabelValues("ok").Inc()
+	case errors.Is(err, errNoBundle):
+		a.m.trustChecks.WithLabelValues("not_published").Inc()
+	case ctx.Err() == nil:
+		a.m.trustChecks.WithLabelValues("failed").Inc()
+	}
+	a.trust.mu.Lock()
+	a.trust.checked, a.trust.lastCheck = true, a.clock.Now()
+	if err == nil || errors.Is(err, errNoBundle) {
+		a.trust.published = err == nil
+	}
+	a.trust.mu.Unlock()
 	switch {
 	case ctx.Err() != nil:
 		return 0
