@@ -103,7 +103,9 @@ func runAgent(ctx context.Context, env *cmdEnv, args []string) error {
 	sup := systemd.NewSupervisor(systemd.FromEnv(log), a, nil, log)
 	a.OnHeartbeat(sup.Heartbeat(), sup.Poke)
 	wg.Go(func() { sup.Run(ctx) })
-	wg.Go(func() { serveAgentReloads(ctx, hup, a, sup, *cfgPath, reloadResultPath(cfg.StateDir), log) })
+	wg.Go(func() {
+		serveAgentReloads(ctx, hup, a, sup, *cfgPath, reloadResultPath(cfg.StateDir, agentReloadFile), log)
+	})
 	err = a.Run(ctx)
 	cancel()
 	return err

@@ -24,7 +24,7 @@ func init() {
 	register(&command{
 		name:    "metadata",
 		summary: "Serve GCE-compatible instance metadata, concealing bootstrap secrets from pods.",
-		usage: "--data FILE [--listen ADDR] [--metrics-listen ADDR] [flags]\n\n" +
+		usage: "--data FILE [--listen ADDR] [--metrics-listen ADDR] [flags]  |  reload --pid PID\n\n" +
 			"Socket activation: sockets passed by systemd (LISTEN_FDS; FileDescriptorName=metadata or unnamed)\n" +
 			"are served instead of --listen. Under Type=notify it sends READY=1 when serving, and\n" +
 			"RELOADING=1 ... READY=1 around the reload a SIGHUP triggers.",
@@ -34,6 +34,9 @@ func init() {
 }
 
 func runMetadata(ctx context.Context, env *cmdEnv, args []string) error {
+	if len(args) > 0 && args[0] == "reload" {
+		return runMetadataReload(ctx, env, args[1:])
+	}
 	fs := newFlagSet(commands["metadata"], env)
 	listen := fs.String("listen", "127.0.0.1:8080", "address to serve metadata on (169.254.169.254:80 on a real node)")
 	dataPath := fs.String("data", "", "YAML data file: project, instances (with hostAddresses and podRanges), concealedAttributes; reloaded on change and SIGHUP")
@@ -102,7 +105,7 @@ func runMetadata(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		return fmt.Sprintf("serving metadata on %s: %d instances", ln.Addr(), n)
 	}
-	wg.Go(func() { metadataReloads(ctx, hup, trigger, d, reg, *dataPath, serving) })
+	wg.Go(func() { metadataReloads(ctx, hup, trigger, d, reg, *dataPath, serving, log) })
 	rl := &metadata.Reloader{Path: *dataPath, Server: srv, Logger: log, Trigger: trigger, Loaded: raw}
 	wg.Go(func() { errc <- rl.Run(ctx) })
 	if mln != nil {

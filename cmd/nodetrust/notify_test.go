@@ -165,6 +165,7 @@ func TestMetadataSocketActivation(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close() // the child holds the socket through f
 	sock, msgs := notifySocket(t)
+	t.Setenv("RUNTIME_DIRECTORY", t.TempDir()) // for the child and for 'metadata reload'
 
 	// sh sets LISTEN_PID to its own pid, which exec keeps, as systemd does.
 	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, os.Args[0], "-test.run=^TestHelperProcess$", "--",
@@ -191,14 +192,31 @@ func TestMetadataSocketActivation(t *testing.T) {
 	require.Equal(t, 200, code, body)
 	assert.Equal(t, "proj-1", body)
 
-	// SIGHUP with a broken file: RELOADING=1, READY=1 naming the error,
-	// the old data still served.
+	// 'metadata reload' with a broken file: RELOADING=1, READY=1 naming
+	// the error, exit 1 with the error; the old data is still served.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pid := strconv.Itoa(cmd.Process.Pid)
 	require.NoError(t, os.WriteFile(data, []byte(good+"    hostAdresses: [x]\n"), 0o600))
-	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	rc, _, errOut := run(t, ctx, "metadata", "reload", "--pid", pid)
+	assert.Equal(t, 1, rc)
+	assert.Contains(t, errOut, data)
+	assert.Contains(t, errOut, "hostAdresses")
 	assert.Regexp(t, `^RELOADING=1\nMONOTONIC_USEC=\d+\n`, expect(t, msgs, "RELOADING=1"))
 	assert.Contains(t, expect(t, msgs, "READY=1"), "failed, old data in use")
 	code, body = get()
 	require.Equal(t, 200, code, body)
+	assert.Equal(t, "proj-1", body)
+
+	// A good file: exit 0, new data served.
+	require.NoError(t, os.WriteFile(data, []byte(strings.Replace(good, "proj-1", "proj-2", 1)), 0o600))
+	rc, out, errOut := run(t, ctx, "metadata", "reload", "--pid", pid)
+	require.Equal(t, 0, rc, errOut)
+	assert.Contains(t, out, "reloaded") // applied, or unchanged when the file watcher was first
+	expect(t, msgs, "READY=1")
+	code, body = get()
+	require.Equal(t, 200, code, body)
+	assert.Equal(t, "proj-2", body)
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	expect(t, msgs, "STOPPING=1")
