@@ -65,7 +65,6 @@ type builder struct {
 	version string // package version, without the release
 	units   map[string][]Unit
 	confs   []SystemdConf
-	users   []string
 	stage   string // scratch folder for generated files
 }
 
@@ -109,17 +108,18 @@ func (b *builder) info(name, format string) (*nfpm.Info, error) {
 	}
 	info.Contents = c
 
+	if format == "deb" && slices.ContainsFunc(b.confs, func(c SystemdConf) bool { return c.Package == name && len(c.Users) > 0 }) {
+		// postinst falls back to adduser without systemd-sysusers.
+		info.Depends = append(info.Depends, "adduser")
+	}
 	switch name {
 	case CommonPackage:
-		if format == "deb" {
-			info.Depends = []string{"adduser"}
-		}
 	default:
 		if format == "deb" {
 			// init-system-helpers (deb-systemd-helper) is essential.
-			info.Depends = []string{fmt.Sprintf("%s (= %s)", CommonPackage, b.fullVersion())}
+			info.Depends = append(info.Depends, fmt.Sprintf("%s (= %s)", CommonPackage, b.fullVersion()))
 		} else {
-			info.Depends = []string{fmt.Sprintf("%s = %s", CommonPackage, b.fullVersion())}
+			info.Depends = append(info.Depends, fmt.Sprintf("%s = %s", CommonPackage, b.fullVersion()))
 		}
 	}
 
@@ -186,6 +186,11 @@ func (b *builder) contents(name, format string) (files.Contents, error) {
 		c = append(c, file(ov, "/usr/share/lintian/overrides/"+name, 0o644))
 	}
 
+	for _, conf := range b.confs {
+		if conf.Package == name {
+			c = append(c, file(conf.Source, conf.Dest, 0o644))
+		}
+	}
 	for _, page := range manPages[name] {
 		gz, err := b.gzipped("files/man/"+page, page+".gz")
 		if err != nil {
@@ -198,9 +203,6 @@ func (b *builder) contents(name, format string) (files.Contents, error) {
 	switch name {
 	case CommonPackage:
 		c = append(c, file(b.opts.Binary, "/usr/bin/nodetrust", 0o755))
-		for _, conf := range b.confs {
-			c = append(c, file(conf.Source, conf.Dest, 0o644))
-		}
 	case AgentPackage, ServerPackage:
 		for _, u := range b.units[name] {
 			c = append(c, file(u.Source, "/usr/lib/systemd/system/"+u.Name, 0o644))
@@ -215,11 +217,11 @@ func (b *builder) contents(name, format string) (files.Contents, error) {
 			c = append(c, file(p, "/usr/lib/systemd/system-preset/90-"+name+".preset", 0o644))
 		}
 		for _, cf := range configFiles[name] {
-			src, err := b.extract("files/etc/"+path.Base(cf), name+"-"+path.Base(cf))
+			src, err := b.extract("files/etc/"+cf.src, name+"-"+cf.src)
 			if err != nil {
 				return nil, err
 			}
-			e := file(src, cf, 0o644)
+			e := file(src, cf.dst, 0o644)
 			e.Type = files.TypeConfigNoReplace
 			c = append(c, e)
 		}
@@ -244,9 +246,18 @@ var manPages = map[string][]string{
 
 // configFiles are each package's conffiles (dpkg) / %config(noreplace)
 // files (rpm), shipped from packaging/files/etc.
-var configFiles = map[string][]string{
-	AgentPackage: {"/etc/nodetrust/agent.yaml"},
+var configFiles = map[string][]configFile{
+	AgentPackage: {{"agent.yaml", "/etc/nodetrust/agent.yaml"}},
+	ServerPackage: {
+		{"nodetrust-controlplane.default", "/etc/default/nodetrust-controlplane"},
+		// An example, not the data file itself: the metadata server
+		// would serve any instances it found at the real path.
+		{"metadata.yaml.example", "/etc/nodetrust/metadata.yaml.example"},
+	},
 }
+
+// configFile is a file of packaging/files/etc and where it is installed.
+type configFile struct{ src, dst string }
 
 // dirs are the folders the units of a package have systemd make
 // (StateDirectory= and the like): the rpm owns them, and the deb's purge
@@ -264,6 +275,25 @@ func (b *builder) dirs(name string) []Dir {
 	}
 	slices.SortFunc(ds, func(a, b Dir) int { return strings.Compare(a.Path, b.Path) })
 	return ds
+}
+
+// dataDirs are the /var/lib folders a package's units write that a
+// command makes (ReadWritePaths=), outermost only: the deb's purge moves
+// them to /var/backups, as they may hold a CA key.
+func (b *builder) dataDirs(name string) []string {
+	var all []string
+	for _, u := range b.units[name] {
+		all = append(all, u.DataDirs...)
+	}
+	slices.Sort(all)
+	all = slices.Compact(all)
+	var out []string
+	for _, d := range all {
+		if !slices.ContainsFunc(out, func(o string) bool { return strings.HasPrefix(d, o+"/") }) {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // purgeDir is a folder the deb's purge deletes. SameAs are the other
@@ -424,11 +454,12 @@ type scriptData struct {
 	// keeps listening (its service holds the same socket), and a
 	// target has nothing to restart.
 	RestartUnits  []string
-	Users         []string // system users the common package creates
+	Users         []string // system users the package creates
 	SysusersFiles []string // their sysusers.d file names
 	Sysusers      []sysusersFile
 	Tmpfiles      []string // tmpfiles.d file names to apply after install
 	PurgeDirs     []purgeDir
+	BackupDirs    []string // moved to /var/backups on purge
 }
 
 // sysusersFile is a sysusers.d file inlined in rpm's %pre.
@@ -436,7 +467,7 @@ type sysusersFile struct{ Dest, Content string }
 
 // scripts renders the maintainer scripts of one package for one format.
 func (b *builder) scripts(info *nfpm.Info, name, format string) error {
-	d := scriptData{Package: name, PurgeDirs: b.purgeDirs(name)}
+	d := scriptData{Package: name, PurgeDirs: b.purgeDirs(name), BackupDirs: b.dataDirs(name)}
 	for _, u := range b.units[name] {
 		d.Units = append(d.Units, u.Name)
 		if u.Enable {
@@ -446,25 +477,25 @@ func (b *builder) scripts(info *nfpm.Info, name, format string) error {
 			d.RestartUnits = append(d.RestartUnits, u.Name)
 		}
 	}
-	if name == CommonPackage {
-		d.Users = b.users
-		for _, c := range b.confs {
-			if strings.HasPrefix(c.Dest, "/usr/lib/sysusers.d/") {
-				d.SysusersFiles = append(d.SysusersFiles, path.Base(c.Dest))
-				data, err := os.ReadFile(c.Source)
-				if err != nil {
-					return err
-				}
-				content := string(data)
-				if !strings.HasSuffix(content, "\n") {
-					content += "\n"
-				}
-				d.Sysusers = append(d.Sysusers, sysusersFile{Dest: c.Dest, Content: content})
-			}
-			if strings.HasPrefix(c.Dest, "/usr/lib/tmpfiles.d/") {
-				d.Tmpfiles = append(d.Tmpfiles, path.Base(c.Dest))
-			}
+	for _, c := range b.confs {
+		if c.Package != name {
+			continue
 		}
+		if strings.HasPrefix(c.Dest, "/usr/lib/tmpfiles.d/") {
+			d.Tmpfiles = append(d.Tmpfiles, path.Base(c.Dest))
+			continue
+		}
+		d.Users = append(d.Users, c.Users...)
+		d.SysusersFiles = append(d.SysusersFiles, path.Base(c.Dest))
+		data, err := os.ReadFile(c.Source)
+		if err != nil {
+			return err
+		}
+		content := string(data)
+		if !strings.HasSuffix(content, "\n") {
+			content += "\n"
+		}
+		d.Sysusers = append(d.Sysusers, sysusersFile{Dest: c.Dest, Content: content})
 	}
 	render := func(tmpl string) (string, error) {
 		if tmpl == "" {
@@ -474,7 +505,7 @@ func (b *builder) scripts(info *nfpm.Info, name, format string) error {
 		if err != nil {
 			return "", err
 		}
-		t, err := template.New(tmpl).Funcs(template.FuncMap{"join": func(s []string) string { return strings.Join(s, " ") }}).
+		t, err := template.New(tmpl).Funcs(template.FuncMap{"join": func(s []string) string { return strings.Join(s, " ") }, "base": path.Base}).
 			Option("missingkey=error").Parse(string(src))
 		if err != nil {
 			return "", fmt.Errorf("script template %s/%s: %w", format, tmpl, err)
@@ -486,14 +517,21 @@ func (b *builder) scripts(info *nfpm.Info, name, format string) error {
 		p := filepath.Join(b.stage, name+"-"+format+"-"+tmpl)
 		return p, os.WriteFile(p, buf.Bytes(), 0o755)
 	}
-	// The common package only creates the users (deb: postinst, rpm:
-	// %pre) and applies tmpfiles.d; the others manage units.
+	// Every package creates its users (deb: postinst, rpm: %pre, before
+	// the folders they own are unpacked) and applies its tmpfiles.d;
+	// the agent and server packages manage their units.
 	names := map[string][4]string{ // preinstall, postinstall, preremove, postremove
 		"deb": {"", "postinst", "prerm", "postrm"},
 		"rpm": {"", "post", "preun", "postun"},
 	}[format]
-	if name == CommonPackage {
-		names = map[string][4]string{"deb": {"", "postinst"}, "rpm": {"pre", "post"}}[format]
+	if format == "rpm" && len(d.Sysusers) > 0 {
+		names[0] = "pre"
+	}
+	if len(d.Units) == 0 {
+		names[2], names[3] = "", ""
+		if len(d.Tmpfiles) == 0 && (format == "rpm" || len(d.Users) == 0) {
+			names[1] = ""
+		}
 	}
 	var err error
 	if info.Scripts.PreInstall, err = render(names[0]); err != nil {

@@ -1,8 +1,8 @@
 // Package packaging builds nodetrust's deb and rpm packages with nfpm used
-// as a library: nodetrust (the binary, man page and system users),
-// nodetrust-agent (the node agent's unit and configuration) and
-// nodetrust-server (metadata server, control plane and signer units), each
-// with maintainer scripts per format. Builds are reproducible: every
+// as a library: nodetrust (the binary and its manual), nodetrust-agent (the
+// node agent's unit, user and configuration) and nodetrust-server
+// (metadata server, control plane and signer units, users and
+// configuration), each with maintainer scripts per format. Builds are reproducible: every
 // timestamp is Options.Epoch (SOURCE_DATE_EPOCH). It is a build tool: the
 // shipped binary never links it.
 package packaging
@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/goreleaser/nfpm/v2"
@@ -43,9 +44,33 @@ type Options struct {
 	// Epoch is the time stamped on every file and in the package
 	// headers; zero means SOURCE_DATE_EPOCH, which must then be set.
 	Epoch time.Time
-	// AllowMissingUnits builds even when a unit file or the sysusers.d
-	// file is missing from systemd/ (for tests and early builds).
+	// AllowMissingUnits builds even when a unit file is missing from
+	// systemd/units or a unit's user from systemd/sysusers.d (for tests
+	// and early builds).
 	AllowMissingUnits bool
+}
+
+// ErrUndeclaredUser is wrapped when a unit runs as a user that no
+// sysusers.d file declares.
+var ErrUndeclaredUser = errors.New("unit user not declared")
+
+// checkUsers makes sure every User= of the units is created by a package
+// that is installed with it: its own or the common one.
+func checkUsers(units map[string][]Unit, confs []SystemdConf) error {
+	for pkg, us := range units {
+		for _, u := range us {
+			if u.User == "" || u.User == "root" {
+				continue
+			}
+			if !slices.ContainsFunc(confs, func(c SystemdConf) bool {
+				return (c.Package == pkg || c.Package == CommonPackage) && slices.Contains(c.Users, u.User)
+			}) {
+				return fmt.Errorf("%w: %s runs as User=%s, which no systemd/sysusers.d/*.conf of %s or %s declares (nodetrust-agent*.conf, nodetrust-server*.conf or nodetrust.conf)",
+					ErrUndeclaredUser, u.Name, u.User, pkg, CommonPackage)
+			}
+		}
+	}
+	return nil
 }
 
 // Artifact is one package file Build wrote.
@@ -85,13 +110,14 @@ func Build(opts Options) ([]Artifact, error) {
 	if err != nil {
 		return nil, err
 	}
-	confs, users, err := findConfs(filepath.Join(opts.Root, "systemd"))
+	confs, err := findConfs(filepath.Join(opts.Root, "systemd"))
 	if err != nil {
 		return nil, err
 	}
-	if len(users) == 0 && !opts.AllowMissingUnits {
-		return nil, fmt.Errorf("no system user declared in %s: the units run as User=nodetrust, so a sysusers.d file must declare it",
-			filepath.Join(opts.Root, "systemd", "sysusers.d", "*.conf"))
+	if !opts.AllowMissingUnits {
+		if err := checkUsers(units, confs); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("output folder: %w", err)
@@ -102,7 +128,7 @@ func Build(opts Options) ([]Artifact, error) {
 	}
 	defer os.RemoveAll(stage)
 
-	b := &builder{opts: opts, version: version, units: units, confs: confs, users: users, stage: stage}
+	b := &builder{opts: opts, version: version, units: units, confs: confs, stage: stage}
 	var out []Artifact
 	for _, format := range opts.Formats {
 		for _, name := range Packages {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -27,6 +28,11 @@ type Unit struct {
 	// CacheDirectory=, LogsDirectory=), with the unit's User= and Group=
 	// and the configured mode.
 	Dirs []Dir
+	// User is the unit's User= (empty: root).
+	User string
+	// DataDirs are the unit's ReadWritePaths= under /var/lib: data that
+	// a command makes (controlplane init), not systemd.
+	DataDirs []string
 }
 
 // Dir is a folder under /var that a unit's service owns.
@@ -114,9 +120,9 @@ func findUnits(dir string, allowMissing bool) (map[string][]Unit, error) {
 
 // readUnit reads what packaging needs from a unit file: whether it has an
 // [Install] section, and the folders systemd makes for it.
-func readUnit(path string) (Unit, error) {
-	u := Unit{Source: path}
-	f, err := os.Open(path)
+func readUnit(file string) (Unit, error) {
+	u := Unit{Source: file}
+	f, err := os.Open(file)
 	if err != nil {
 		return u, fmt.Errorf("read unit: %w", err)
 	}
@@ -140,8 +146,15 @@ func readUnit(path string) (Unit, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return u, fmt.Errorf("read unit %s: %w", path, err)
+		return u, fmt.Errorf("read unit %s: %w", file, err)
 	}
+	for _, rw := range strings.Fields(svc["ReadWritePaths"]) {
+		rw = strings.TrimLeft(rw, "-+")
+		if strings.HasPrefix(rw, "/var/lib/") {
+			u.DataDirs = append(u.DataDirs, path.Clean(rw))
+		}
+	}
+	u.User = svc["User"]
 	owner := cmp.Or(svc["User"], "root")
 	group := cmp.Or(svc["Group"], owner)
 	for _, k := range unitDirKinds {
@@ -149,7 +162,7 @@ func readUnit(path string) (Unit, error) {
 		if m := svc[k.key+"Mode"]; m != "" {
 			n, err := strconv.ParseUint(m, 8, 32)
 			if err != nil {
-				return u, fmt.Errorf("unit %s: %sMode=%q is not an octal mode", path, k.key, m)
+				return u, fmt.Errorf("unit %s: %sMode=%q is not an octal mode", file, k.key, m)
 			}
 			mode = os.FileMode(n)
 		}
@@ -163,32 +176,46 @@ func readUnit(path string) (Unit, error) {
 
 // SystemdConf is a sysusers.d or tmpfiles.d file from systemd/.
 type SystemdConf struct {
-	Source string
-	Dest   string // e.g. /usr/lib/sysusers.d/nodetrust.conf
+	Source  string
+	Dest    string   // e.g. /usr/lib/sysusers.d/nodetrust.conf
+	Package string   // the package that ships it, by its file name
+	Users   []string // sysusers.d: the users it declares
+}
+
+// confPackage places a sysusers.d or tmpfiles.d file by its name:
+// nodetrust-agent*.conf in the agent package, nodetrust-server*.conf in
+// the server package, anything else in the common package.
+func confPackage(file string) string {
+	switch {
+	case strings.HasPrefix(file, AgentPackage):
+		return AgentPackage
+	case strings.HasPrefix(file, ServerPackage):
+		return ServerPackage
+	}
+	return CommonPackage
 }
 
 // findConfs returns the *.conf files of root/sysusers.d and
-// root/tmpfiles.d, and the system users the sysusers.d files declare.
-func findConfs(root string) (confs []SystemdConf, users []string, err error) {
+// root/tmpfiles.d.
+func findConfs(root string) ([]SystemdConf, error) {
+	var confs []SystemdConf
 	for _, kind := range []string{"sysusers.d", "tmpfiles.d"} {
 		matches, err := filepath.Glob(filepath.Join(root, kind, "*.conf"))
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		slices.Sort(matches)
 		for _, m := range matches {
-			confs = append(confs, SystemdConf{Source: m, Dest: "/usr/lib/" + kind + "/" + filepath.Base(m)})
-			if kind != "sysusers.d" {
-				continue
+			c := SystemdConf{Source: m, Dest: "/usr/lib/" + kind + "/" + filepath.Base(m), Package: confPackage(filepath.Base(m))}
+			if kind == "sysusers.d" {
+				if c.Users, err = sysusersUsers(m); err != nil {
+					return nil, err
+				}
 			}
-			u, err := sysusersUsers(m)
-			if err != nil {
-				return nil, nil, err
-			}
-			users = append(users, u...)
+			confs = append(confs, c)
 		}
 	}
-	return confs, users, nil
+	return confs, nil
 }
 
 // sysusersUsers returns the names of the "u" lines of a sysusers.d file.
