@@ -226,6 +226,10 @@ func (r *rotator) Act(ctx context.Context, action string) (apiserver.RotationSta
 	if err := r.commit(next); err != nil {
 		return r.Status(), err
 	}
+	select { // a start with no node on the old CA moves on at once
+	case r.kick <- struct{}{}:
+	default:
+	}
 	if next.Phase == rotation.Idle {
 		for _, ca := range dropped {
 			if ca.Pin != next.Active {

@@ -56,7 +56,7 @@ func runControlplaneRotate(ctx context.Context, env *cmdEnv, args []string) erro
 			err = adminCall(ctx, cfg, "POST", "rotation/"+verb, nil, &st)
 		}
 		if err != nil {
-			return fmt.Errorf("rotate %s: %w", verb, err)
+			return err // the API's message names the step and the phase
 		}
 	case "etcd":
 		if *dataDir == "" {

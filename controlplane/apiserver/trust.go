@@ -122,7 +122,9 @@ func (s *Server) rotationAct(w http.ResponseWriter, r *http.Request) {
 	st, err := s.cfg.Rotation.Act(r.Context(), action)
 	if err != nil {
 		if errors.Is(err, ErrRotationPhase) {
-			writeStatus(w, apierrors.NewConflict(rotationResource, "cluster", err))
+			writeStatus(w, &apierrors.StatusError{ErrStatus: metav1.Status{Status: metav1.StatusFailure, Code: http.StatusConflict,
+				Reason: metav1.StatusReasonConflict, Message: err.Error(),
+				Details: &metav1.StatusDetails{Name: "cluster", Group: AdminGroup, Kind: rotationResource.Resource}}})
 			return
 		}
 		s.log.Error("rotation", "action", action, "err", err)
