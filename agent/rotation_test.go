@@ -255,3 +255,29 @@ func nextPEMCert(b []byte) (*x509.Certificate, []byte) {
 		}
 	}
 }
+
+// TestRotationAwayUntilUpdateServers: the node was off from start until
+// update-servers: the API presents a new-CA certificate its roots do not
+// verify, but still accepts its old client certificate. It reads the
+// bundle (old and new) from metadata and re-issues by renewal, without a
+// bootstrap.
+func TestRotationAwayUntilUpdateServers(t *testing.T) {
+	oldCA, newCA := newTestCA(t, "cluster-ca"), newTestCA(t, "cluster-ca")
+	api := newRotAPI(t, oldCA, rotToken)
+	n := newRotNode(t, api, oldCA)
+	n.start()
+	n.waitOn(oldCA, oldCA)
+	n.stop()
+
+	api.set("update-servers", newCA, newCA, oldCA)
+	require.NoError(t, n.md.SetData(n.mdData(oldCA, []*testCA{newCA, oldCA})))
+	n.start()
+	n.waitOn(newCA, newCA, oldCA)
+	st := n.a.Status()
+	for _, c := range st.Credentials {
+		if c.Name == "client" {
+			require.Equal(t, 2, c.Rotations, "the first bootstrap, then one renewal (no second bootstrap)")
+		}
+	}
+	n.stop()
+}
