@@ -454,8 +454,9 @@ type scriptData struct {
 	// keeps listening (its service holds the same socket), and a
 	// target has nothing to restart.
 	RestartUnits  []string
-	Users         []string // system users the package creates
-	SysusersFiles []string // their sysusers.d file names
+	Users         []string    // system users the package creates
+	Members       [][2]string // and the groups they join: {user, group}
+	SysusersFiles []string    // their sysusers.d file names
 	Sysusers      []sysusersFile
 	Tmpfiles      []string // tmpfiles.d file names to apply after install
 	PurgeDirs     []purgeDir
@@ -486,6 +487,7 @@ func (b *builder) scripts(info *nfpm.Info, name, format string) error {
 			continue
 		}
 		d.Users = append(d.Users, c.Users...)
+		d.Members = append(d.Members, c.Members...)
 		d.SysusersFiles = append(d.SysusersFiles, path.Base(c.Dest))
 		data, err := os.ReadFile(c.Source)
 		if err != nil {

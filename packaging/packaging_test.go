@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -377,11 +378,21 @@ func stubScript(t *testing.T, script string, args ...string) []string {
 // dpkg-query stub prints $DPKG_QUERY_STATUS.
 func stubScriptEnv(t *testing.T, env []string, script string, args ...string) []string {
 	t.Helper()
+	return stubScriptWithout(t, nil, env, script, args...)
+}
+
+// stubScriptWithout is stubScriptEnv without the stubs named in omit (so
+// the script finds no such command: PATH then holds the stubs only).
+func stubScriptWithout(t *testing.T, omit, env []string, script string, args ...string) []string {
+	t.Helper()
 	dir := t.TempDir()
 	logf := filepath.Join(dir, "calls.log")
 	stubs := []string{"systemctl", "deb-systemd-helper", "deb-systemd-invoke", "systemd-sysusers",
 		"systemd-tmpfiles", "adduser", "useradd", "groupadd", "getent", "rm", "rmdir", "find", "dpkg-query"}
 	for _, s := range stubs {
+		if slices.Contains(omit, s) {
+			continue
+		}
 		body := fmt.Sprintf("#!/bin/sh\necho \"%s $*\" >> %s\n", s, logf)
 		switch s {
 		case "getent":
@@ -392,7 +403,11 @@ func stubScriptEnv(t *testing.T, env []string, script string, args ...string) []
 		require.NoError(t, os.WriteFile(filepath.Join(dir, s), []byte(body), 0o755))
 	}
 	cmd := exec.Command("/bin/sh", append([]string{script}, args...)...)
-	cmd.Env = append([]string{"PATH=" + dir + ":/usr/bin:/bin"}, env...)
+	pathEnv := "PATH=" + dir + ":/usr/bin:/bin"
+	if len(omit) > 0 {
+		pathEnv = "PATH=" + dir // or the host's copy would be found
+	}
+	cmd.Env = append([]string{pathEnv}, env...)
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s %v: %s", script, args, out)
 	b, err := os.ReadFile(logf)
@@ -462,7 +477,7 @@ func TestDebScriptBranches(t *testing.T) {
 		stubScript(t, filepath.Join(srv, "postrm"), "purge"))
 
 	// The server creates its own user and applies its own tmpfiles.d.
-	assert.Equal(t, cat([]string{"systemd-sysusers nodetrust-server.conf"}, ifBooted("systemd-tmpfiles --create nodetrust-server.conf"),
+	assert.Equal(t, cat([]string{"systemd-sysusers nodetrust-server.conf", "systemd-tmpfiles --create nodetrust-server.conf"},
 		ifBooted("systemctl --system daemon-reload"), []string{
 			"deb-systemd-helper unmask nodetrust-controlplane.service nodetrust-metadata.socket nodetrust-signer.service",
 			"deb-systemd-helper --quiet was-enabled nodetrust-controlplane.service nodetrust-metadata.socket nodetrust-signer.service",
@@ -480,7 +495,12 @@ func TestDebScriptBranches(t *testing.T) {
 
 	ctl2 := t.TempDir()
 	run(t, "dpkg-deb", "-e", pkgs["nodetrust deb"], ctl2)
-	assert.Equal(t, cat([]string{"systemd-sysusers nodetrust.conf"}, ifBooted("systemd-tmpfiles --create nodetrust.conf")),
+	assert.Equal(t, []string{"getent passwd nodetrust", "adduser --system --group --quiet --no-create-home --home /nonexistent nodetrust",
+		"getent passwd nodetrust-signer", "adduser --system --group --quiet --no-create-home --home /nonexistent nodetrust-signer",
+		"adduser --quiet nodetrust-signer nodetrust", "systemd-tmpfiles --create nodetrust.conf"},
+		stubScriptWithout(t, []string{"systemd-sysusers"}, nil, filepath.Join(ctl2, "postinst"), "configure", ""),
+		"without systemd-sysusers, adduser makes the users and memberships")
+	assert.Equal(t, []string{"systemd-sysusers nodetrust.conf", "systemd-tmpfiles --create nodetrust.conf"},
 		stubScript(t, filepath.Join(ctl2, "postinst"), "configure", ""))
 }
 

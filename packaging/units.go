@@ -180,6 +180,8 @@ type SystemdConf struct {
 	Dest    string   // e.g. /usr/lib/sysusers.d/nodetrust.conf
 	Package string   // the package that ships it, by its file name
 	Users   []string // sysusers.d: the users it declares
+	// Members are its "m USER GROUP" lines, as {user, group}.
+	Members [][2]string
 }
 
 // confPackage places a sysusers.d or tmpfiles.d file by its name:
@@ -208,7 +210,7 @@ func findConfs(root string) ([]SystemdConf, error) {
 		for _, m := range matches {
 			c := SystemdConf{Source: m, Dest: "/usr/lib/" + kind + "/" + filepath.Base(m), Package: confPackage(filepath.Base(m))}
 			if kind == "sysusers.d" {
-				if c.Users, err = sysusersUsers(m); err != nil {
+				if c.Users, c.Members, err = sysusersUsers(m); err != nil {
 					return nil, err
 				}
 			}
@@ -218,18 +220,21 @@ func findConfs(root string) ([]SystemdConf, error) {
 	return confs, nil
 }
 
-// sysusersUsers returns the names of the "u" lines of a sysusers.d file.
-func sysusersUsers(path string) ([]string, error) {
-	b, err := os.ReadFile(path)
+// sysusersUsers returns the users ("u" lines) and group memberships ("m"
+// lines) of a sysusers.d file.
+func sysusersUsers(file string) (users []string, members [][2]string, err error) {
+	b, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("read sysusers file: %w", err)
+		return nil, nil, fmt.Errorf("read sysusers file: %w", err)
 	}
-	var users []string
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 2 && (f[0] == "u" || f[0] == "u!") {
+		switch {
+		case len(f) >= 2 && (f[0] == "u" || f[0] == "u!"):
 			users = append(users, f[1])
+		case len(f) >= 3 && f[0] == "m":
+			members = append(members, [2]string{f[1], f[2]})
 		}
 	}
-	return users, nil
+	return users, members, nil
 }
