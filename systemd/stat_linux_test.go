@@ -1,0 +1,5 @@
+package systemd_test
+
+import "syscall"
+
+type syscallStat = syscall.Stat_t
