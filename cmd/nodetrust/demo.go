@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/controlplane/apiserver"
 )
 
 func init() {
@@ -275,9 +277,81 @@ func (c *demoCluster) certRotation(ctx context.Context, lifetime time.Duration, 
 	return nil
 }
 
-// caRotation rotates the cluster CA with both nodes following.
+// caRotation rotates the cluster CA with the operator's commands while
+// both nodes follow by themselves and the traffic keeps flowing.
 func (c *demoCluster) caRotation(ctx context.Context, tr *traffic) error {
+	if err := c.rotate(ctx, "start"); err != nil {
+		return err
+	}
+	// The agents read the new bundle, re-issue under the new CA, and the
+	// control plane moves its serving certificates once no node is left
+	// on the old CA (phase update-servers).
+	var st apiserver.RotationStatus
+	if err := waitFor(ctx, 30*time.Second, func() bool {
+		var err error
+		st, err = c.rotationStatus(ctx)
+		return err == nil && st.Phase == "update-servers" && st.NodesNotOnActive == 0
+	}); err != nil {
+		return fmt.Errorf("the nodes did not all move to the new CA (phase %s, %d nodes left): %w", st.Phase, st.NodesNotOnActive, err)
+	}
+	c.tl.say("control plane", "every node holds a certificate of the new CA: API and tunnel serving certificates moved to it (phase update-servers)")
+	if err := c.rotate(ctx, "status"); err != nil {
+		return err
+	}
+	if err := c.rotate(ctx, "complete"); err != nil {
+		return err
+	}
+	for _, n := range c.nodes {
+		if err := waitFor(ctx, 30*time.Second, func() bool { return c.bundleSize(n) == 1 }); err != nil {
+			return fmt.Errorf("%s still trusts the old CA after complete: %w", n.name, err)
+		}
+	}
+	c.tl.say("control plane", "both nodes trust only the new CA; traffic so far: %s; log stream unbroken: %v", tr.summary(), tr.streamOK.Load())
+	if !tr.streamOK.Load() {
+		return fmt.Errorf("the log stream broke during the CA rotation: %s", tr.summary())
+	}
 	return nil
+}
+
+// rotate runs `nodetrust controlplane rotate <verb>` as an operator would,
+// and shows the command and its answer.
+func (c *demoCluster) rotate(ctx context.Context, verb string) error {
+	var out, errb strings.Builder
+	args := []string{"controlplane", "rotate", verb, "--data-dir", c.dir}
+	code := runMain(ctx, &cmdEnv{stdout: &out, stderr: &errb}, args)
+	if code != 0 {
+		return fmt.Errorf("nodetrust %s: exit %d: %s", strings.Join(args, " "), code, strings.TrimSpace(errb.String()))
+	}
+	c.tl.say("operator", "$ nodetrust controlplane rotate %s --data-dir $DIR", verb)
+	c.tl.raw(indent(out.String()))
+	return nil
+}
+
+func (c *demoCluster) rotationStatus(ctx context.Context) (apiserver.RotationStatus, error) {
+	var st apiserver.RotationStatus
+	var b strings.Builder
+	code := runMain(ctx, &cmdEnv{stdout: &b, stderr: io.Discard}, []string{"controlplane", "rotate", "status", "--json", "--data-dir", c.dir})
+	if code != 0 {
+		return st, fmt.Errorf("rotate status: exit %d", code)
+	}
+	return st, json.Unmarshal([]byte(b.String()), &st)
+}
+
+// bundleSize is how many CAs node n trusts now.
+func (c *demoCluster) bundleSize(n *demoNode) int {
+	b, err := os.ReadFile(filepath.Join(n.stateDir, "ca.crt"))
+	if err != nil {
+		return -1
+	}
+	return strings.Count(string(b), "-----BEGIN CERTIFICATE-----")
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("           " + l + "\n")
+	}
+	return b.String()
 }
 
 // showStatus stops the agents and prints `nodetrust status` of each node.

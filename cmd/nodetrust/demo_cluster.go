@@ -159,7 +159,8 @@ func (c *demoCluster) startControlPlane(ctx context.Context, lifetime time.Durat
 	if err := os.WriteFile(c.mdFile, c.metadataYAML(caPEM, ""), 0o600); err != nil {
 		return err
 	}
-	srv, err := controlplane.NewServer(controlplane.Config{DataDir: c.dir, MetadataFile: c.mdFile, Workers: 2,
+	srv, err := controlplane.NewServer(controlplane.Config{DataDir: c.dir, MetadataFile: c.mdFile, MetadataData: c.mdFile,
+		Workers: 2, RotationCheck: 200 * time.Millisecond,
 		TunnelListen: c.tunnel, TunnelConnectSocket: c.connect,
 		Logger: slog.New(&timelineHandler{tl: c.tl, who: "control plane"})})
 	if err != nil {
@@ -264,7 +265,7 @@ func (c *demoCluster) startKubelets() error {
 // certificates valid and its tunnel open.
 func (c *demoCluster) startAgent(n *demoNode) error {
 	// Configured through the same parser as /etc/nodetrust/agent.yaml.
-	yml := fmt.Sprintf("server: %s\nstateDir: %s\nmetadata: {host: %q}\ntunnel:\n  servers: [%q]\n  allow: [\"self:%d\"]\n",
+	yml := fmt.Sprintf("server: %s\nstateDir: %s\nmetadata: {host: %q}\ntrust: {checkInterval: 1s}\ntunnel:\n  servers: [%q]\n  allow: [\"self:%d\"]\n",
 		c.apiURL, n.stateDir, c.mdAddr, c.tunnel, n.kubeletPort())
 	cfg, err := agent.ParseConfig([]byte(yml))
 	if err != nil {

@@ -69,12 +69,26 @@ var lineFor = map[string]func(a map[string]string) string{
 	"approved and issued": func(a map[string]string) string {
 		return "approver approved " + a["csr"] + " (" + a["reason"] + "); signer process signed it"
 	},
+	"trust bundle updated": func(a map[string]string) string {
+		return fmt.Sprintf("read the cluster trust bundle: %s CA(s), phase %s, active CA %s", a["roots"], a["phase"], shortPin(a["active_ca"]))
+	},
+	"certificate not issued by the active cluster CA; re-issuing it now": func(a map[string]string) string {
+		return a["credential"] + " certificate is not from the active CA: re-issuing it now"
+	},
 	"agent tunnel connected": func(a map[string]string) string {
 		if a["replaces"] != "" && a["replaces"] != "0" {
 			return "tunnel from " + a["node"] + " accepted (replaces the previous one)"
 		}
 		return "tunnel from " + a["node"] + " accepted"
 	},
+}
+
+// shortPin shortens "sha256:<64 hex>" for the timeline.
+func shortPin(p string) string {
+	if len(p) > 19 {
+		return p[:19] + "…"
+	}
+	return p
 }
 
 // clockOf shortens a logged UTC time to hh:mm:ss.
