@@ -32,15 +32,18 @@ func ModuleRoot() (string, error) {
 	}
 }
 
-// BuildBinary builds ./cmd/nodetrust of root as `make build` does, with
-// version stamped in, into dir/nodetrust-<version>.
+// BuildBinary builds ./cmd/nodetrust of root with version stamped in, into
+// dir/nodetrust-<version>. It compiles with the flags test/e2e uses (no
+// -trimpath, which would change every package's cache key), so the two
+// packages share the compiled dependencies and a second version is only a
+// link.
 func BuildBinary(root, dir, version string) (string, error) {
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(goBin); err != nil {
 		goBin = "go"
 	}
 	out := filepath.Join(dir, "nodetrust-"+version)
-	cmd := exec.Command(goBin, "build", "-trimpath",
+	cmd := exec.Command(goBin, "build",
 		"-ldflags", "-s -w -X github.com/nodetrust/nodetrust/internal/version.Version="+version,
 		"-o", out, "./cmd/nodetrust")
 	cmd.Dir = root
