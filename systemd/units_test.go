@@ -17,7 +17,7 @@ import (
 // The packages ship these files from here (packaging/ reads systemd/units,
 // sysusers.d and tmpfiles.d): keep the names stable.
 var (
-	units = []string{"nodetrust-agent.service", "nodetrust-metadata.service", "nodetrust-metadata.socket",
+	units = []string{"nodetrust-agent.service", "nodetrust-online.target", "nodetrust-metadata.service", "nodetrust-metadata.socket",
 		"nodetrust-controlplane.service", "nodetrust-signer.service"}
 	services = []string{"nodetrust-agent.service", "nodetrust-metadata.service", "nodetrust-controlplane.service", "nodetrust-signer.service"}
 )
