@@ -188,8 +188,16 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent starting", "server", a.cfg.Server, "state_dir", a.cfg.StateDir)
 	if a.tunnel != nil {
+		// Tunnels authenticate with the client certificate: they start
+		// once there is one, instead of failing (and warning) until then.
 		var wg sync.WaitGroup
-		wg.Go(func() { a.tunnel.Run(ctx) })
+		wg.Go(func() {
+			select {
+			case <-a.client.held():
+				a.tunnel.Run(ctx)
+			case <-ctx.Done():
+			}
+		})
 		defer wg.Wait()
 	}
 	if len(a.konn) > 0 {

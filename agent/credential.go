@@ -36,6 +36,20 @@ type credential struct {
 	// re-issued for (because the active CA had not issued it), so a
 	// signer still on the old CA cannot make the agent loop.
 	reissued uint64
+
+	firstOnce sync.Once
+	first     chan struct{} // closed once the credential holds a certificate
+}
+
+// held returns a channel closed once the credential first holds a
+// certificate.
+func (c *credential) held() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.first == nil {
+		c.first = make(chan struct{})
+	}
+	return c.first
 }
 
 func (c *credential) reissuedFor() uint64 {
@@ -66,6 +80,10 @@ func (c *credential) set(p *certstore.Pair, jitter float64) {
 	c.pair = p
 	if p != nil {
 		c.renewAt = RenewalTime(p.Cert.NotBefore, p.Cert.NotAfter, jitter)
+		if c.first == nil {
+			c.first = make(chan struct{})
+		}
+		c.firstOnce.Do(func() { close(c.first) })
 	}
 }
 
