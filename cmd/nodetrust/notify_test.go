@@ -94,8 +94,10 @@ func TestAgentNotifyAndReload(t *testing.T) {
 
 	// A valid change: applied live, RELOADING=1 then READY=1.
 	require.NoError(t, os.WriteFile(cfg, []byte(body+"checkInterval: 30s\ntunnel: {serverName: cp.example}\n"), 0o600))
+	start := time.Now()
 	code, out, errOut := run(t, ctx, "agent", "reload", "--pid", strconv.Itoa(os.Getpid()), "--timeout", "30s")
 	require.Equal(t, 0, code, errOut)
+	t.Logf("agent reload took %v", time.Since(start).Round(time.Millisecond))
 	assert.Contains(t, out, "applied: checkInterval; need a restart: tunnel.serverName")
 	m := expect(t, msgs, "RELOADING=1")
 	assert.Regexp(t, `^RELOADING=1\nMONOTONIC_USEC=\d+\nSTATUS=reloading configuration$`, m)
