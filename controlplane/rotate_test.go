@@ -173,6 +173,26 @@ func TestRotationFullCycle(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "idle", trustBundle(t, c.admin())["phase"])
 	assert.Equal(t, pki.EncodeCert(bundleCAs[0]), mustRead(t, controlplane.Paths{DataDir: c.dir}.CACert()))
+
+	// The signer starts without the key made by init, and signs with the
+	// new CA.
+	c.stopSg()
+	c.startSigner()
+	n2 = c.issueNode(t, c.bundleClient(n2), "node-2")
+	assert.Equal(t, newPin, issuerPin(t, n2.cert, cm["ca.crt"]))
+
+	// A second rotation.
+	st, err = c.rotate(t, "start")
+	require.NoError(t, err)
+	require.Equal(t, 2, st.Bundle[0].ID)
+	for st.Phase != "idle" {
+		st, err = c.rotate(t, "complete")
+		require.NoError(t, err)
+	}
+	require.Len(t, st.Bundle, 1)
+	assert.Equal(t, 2, st.Bundle[0].ID)
+	_, err = c.admin().CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	require.NoError(t, err, "the admin kubeconfig follows a second rotation")
 }
 
 func mustRead(t *testing.T, path string) []byte {
