@@ -75,7 +75,7 @@ func progress(l agent.Lifecycle, c agent.CredentialState, now time.Time, doing s
 		in := max(c.RetryAt.Sub(now), 0).Round(time.Second)
 		return fmt.Sprintf("attempt %d failed, retrying in %s: %s", c.Failures, in, clip(c.LastError, 160))
 	}
-	return "due"
+	return "about to start"
 }
 
 func stamp(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") }
