@@ -66,3 +66,22 @@ func TestMetadataCommandRejectsBadFileNamingLine(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q: want the file, line 5 and the field named", code, errOut)
 	}
 }
+
+func TestEverySubcommandHasHelpWithExample(t *testing.T) {
+	var subs [][]string
+	for name := range controlplaneSubs {
+		subs = append(subs, []string{"controlplane", name})
+	}
+	subs = append(subs, []string{"agent", "reload"}, []string{"metadata", "reload"})
+	for _, sub := range subs {
+		t.Run(strings.Join(sub, " "), func(t *testing.T) {
+			code, out, errOut := run(t, context.Background(), append(sub, "--help")...)
+			if code != 0 {
+				t.Fatalf("%v --help exited %d: %s", sub, code, errOut)
+			}
+			if !strings.Contains(out, "Example:") || !strings.Contains(out, "nodetrust "+strings.Join(sub, " ")) {
+				t.Errorf("%v --help lacks an example:\n%s", sub, out)
+			}
+		})
+	}
+}
