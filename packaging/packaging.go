@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/goreleaser/nfpm/v2"
@@ -175,4 +176,17 @@ func (b *builder) build(name, format string) (Artifact, error) {
 		return Artifact{}, err
 	}
 	return Artifact{Package: name, Format: format, Path: path}, nil
+}
+
+// EpochFromEnv reads SOURCE_DATE_EPOCH (seconds since 1970).
+func EpochFromEnv() (time.Time, error) {
+	s := os.Getenv("SOURCE_DATE_EPOCH")
+	if s == "" {
+		return time.Time{}, fmt.Errorf("SOURCE_DATE_EPOCH is not set: set it, e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%%ct)")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return time.Time{}, fmt.Errorf("SOURCE_DATE_EPOCH=%q is not a number of seconds since 1970", s)
+	}
+	return time.Unix(n, 0).UTC(), nil
 }
