@@ -72,7 +72,8 @@ func (t *trust) current() *Bundle {
 	return t.bundle
 }
 
-// takeRejected reports and clears the rejected mark.
+// isRejected reports whether the API refused the client certificate
+// since the last bootstrap.
 func (t *trust) isRejected() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
