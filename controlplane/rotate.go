@@ -75,12 +75,18 @@ type rotator struct {
 	creds atomic.Pointer[creds]
 	nodes nodeIssuers
 	kick  chan struct{} // a node's CA changed
+
+	keepFiles bool // guarded by mu; true until the first step
 }
 
 func newRotator(cfg Config, p Paths, sc *signer.Client, st *store.Store) (*rotator, error) {
 	r := &rotator{paths: p, metaData: cfg.MetadataData, signer: sc, store: st, clk: cfg.Clock, log: cfg.Logger,
 		kick: make(chan struct{}, 1)}
 	s, err := rotation.Load(p.RotationState())
+	// A folder that never rotated keeps init's files as they are (an
+	// admin may have edited admin.kubeconfig); otherwise they are made to
+	// follow the state, which repairs a crash between save and apply.
+	r.keepFiles = rotation.IsNotExist(err)
 	switch {
 	case rotation.IsNotExist(err):
 		b, err := pki.ReadCertFile(p.CACert())
@@ -126,11 +132,13 @@ func (r *rotator) apply(s rotation.State) error {
 	r.cas.Store(&cas)
 	r.snap.Store(&s)
 	bundle := s.BundlePEM()
-	if err := writeIfChanged(r.paths.CACert(), bundle, 0o644); err != nil {
-		return err
-	}
-	if err := r.writeAdminKubeconfig(s); err != nil {
-		return err
+	if !r.keepFiles {
+		if err := writeIfChanged(r.paths.CACert(), bundle, 0o644); err != nil {
+			return err
+		}
+		if err := r.writeAdminKubeconfig(s); err != nil {
+			return err
+		}
 	}
 	if r.metaData != "" {
 		if err := PublishBundle(r.metaData, bundle); err != nil {
@@ -181,6 +189,7 @@ func (r *rotator) commit(s rotation.State) error {
 		return err
 	}
 	r.state = s
+	r.keepFiles = false
 	r.log.Info("CA rotation", "phase", string(s.Phase), "active_ca", s.Active, "generation", s.Generation)
 	return r.apply(s)
 }

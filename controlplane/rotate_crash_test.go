@@ -58,12 +58,14 @@ func TestRotationResumesAfterCrash(t *testing.T) {
 func TestRotationStartRetriedAfterCrash(t *testing.T) {
 	c := newCluster(t)
 	p := controlplane.Paths{DataDir: c.dir}
+	kubeconfig := mustRead(t, p.AdminKubeconfig())
 	st, err := c.rotate(t, "start")
 	require.NoError(t, err)
 	c.stop()
 	// Forget the saved state, as if the crash came just before the save.
 	require.NoError(t, os.Remove(p.RotationState()))
 	require.NoError(t, os.WriteFile(p.CACert(), c.caPEM, 0o644))
+	require.NoError(t, os.WriteFile(p.AdminKubeconfig(), kubeconfig, 0o600))
 	c.start()
 	assert.Equal(t, "idle", c.rotationStatus(t).Phase)
 	again, err := c.rotate(t, "start")
