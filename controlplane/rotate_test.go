@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
+	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -119,6 +121,18 @@ func TestRotationFullCycle(t *testing.T) {
 	st, err := c.rotate(t, "start")
 	require.NoError(t, err)
 	assert.Equal(t, "update-clients", st.Phase)
+	require.NoError(t, promtestutil.GatherAndCompare(c.srv.Metrics, strings.NewReader(`
+# HELP nodetrust_controlplane_ca_rotation_nodes Nodes with an issued client certificate, by whether its CA is the active one (on_active: true or false).
+# TYPE nodetrust_controlplane_ca_rotation_nodes gauge
+nodetrust_controlplane_ca_rotation_nodes{on_active="false"} 2
+nodetrust_controlplane_ca_rotation_nodes{on_active="true"} 0
+# HELP nodetrust_controlplane_ca_rotation_phase Cluster-CA rotation phase: 1 for the current one (idle, update-clients, update-servers, rollback).
+# TYPE nodetrust_controlplane_ca_rotation_phase gauge
+nodetrust_controlplane_ca_rotation_phase{phase="idle"} 0
+nodetrust_controlplane_ca_rotation_phase{phase="rollback"} 0
+nodetrust_controlplane_ca_rotation_phase{phase="update-clients"} 1
+nodetrust_controlplane_ca_rotation_phase{phase="update-servers"} 0
+`), "nodetrust_controlplane_ca_rotation_nodes", "nodetrust_controlplane_ca_rotation_phase"))
 	assert.NotEqual(t, oldPin, st.Active)
 	assert.Equal(t, 2, st.NodesNotOnActive)
 	newPin := st.Active

@@ -113,6 +113,7 @@ func NewServer(cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	s.Metrics.MustRegister(newRotationCollector(s.rotator))
 	cur := s.rotator.creds.Load()
 	pair, pool := cur.cert, cur.pool
 	s.Tokens = &tokens.Manager{Store: st, Clock: cfg.Clock}
