@@ -76,7 +76,8 @@ type rotator struct {
 	nodes nodeIssuers
 	kick  chan struct{} // a node's CA changed
 
-	keepFiles bool // guarded by mu; true until the first step
+	keepFiles     bool // guarded by mu; true until the first step
+	publishFailed atomic.Bool
 }
 
 func newRotator(cfg Config, p Paths, sc *signer.Client, st *store.Store) (*rotator, error) {
@@ -140,12 +141,25 @@ func (r *rotator) apply(s rotation.State) error {
 			return err
 		}
 	}
-	if r.metaData != "" {
-		if err := PublishBundle(r.metaData, bundle); err != nil {
-			return err
-		}
-	}
+	r.publish()
 	return nil
+}
+
+// publish writes the bundle into the metadata data file. A failure (a
+// data file that is invalid, or one the bundle would make invalid) does
+// not stop the control plane: it is logged and retried every check.
+func (r *rotator) publish() {
+	if r.metaData == "" {
+		return
+	}
+	s := r.snap.Load()
+	if err := PublishBundle(r.metaData, s.BundlePEM()); err != nil {
+		r.publishFailed.Store(true)
+		r.log.Error("trust bundle not published in the metadata data file; booting nodes get the old one until this is fixed (retried every check)",
+			"file", r.metaData, "generation", s.Generation, "err", err)
+		return
+	}
+	r.publishFailed.Store(false)
 }
 
 // writeAdminKubeconfig points the admin kubeconfig at the active CA's

@@ -213,6 +213,11 @@ func (r *rotator) run(ctx context.Context, every time.Duration) error {
 			if err := r.nodes.flush(r.store); err != nil && ctx.Err() == nil {
 				r.log.Warn("record the CA of nodes' certificates", "err", err)
 			}
+			if r.publishFailed.Load() {
+				r.mu.Lock()
+				r.publish()
+				r.mu.Unlock()
+			}
 		case <-r.kick:
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -96,4 +97,25 @@ func TestRotationRollback(t *testing.T) {
 	assert.True(t, os.IsNotExist(err), "the new CA key is dropped")
 	_, err = tunnelIssuer(t, c.tunnelAddr, n2, c.caPEM)
 	require.NoError(t, err)
+}
+
+// TestPublishFailureIsNotFatal: a metadata data file that cannot take the
+// bundle does not stop the control plane or a rotation; once fixed, the
+// next check publishes.
+func TestPublishFailureIsNotFatal(t *testing.T) {
+	var bad string
+	c := newCluster(t, func(c *cluster) {
+		bad = filepath.Join(c.dir, "published.yaml")
+		require.NoError(t, os.WriteFile(bad, []byte("project: [1]\n"), 0o600))
+		c.metaData = bad
+	})
+	_, err := c.rotate(t, "start")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bad, mustRead(t, c.meta), 0o600))
+	bundle := string(mustRead(t, controlplane.Paths{DataDir: c.dir}.CACert()))
+	require.Eventually(t, func() bool {
+		c.clk.Advance(controlplane.DefaultRotationCheck)
+		d, err := metadata.LoadFile(bad)
+		return err == nil && d.Project.Attributes[controlplane.BundleAttribute] == bundle
+	}, 20*time.Second, 20*time.Millisecond)
 }
