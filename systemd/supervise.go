@@ -33,8 +33,12 @@ type Supervisor struct {
 }
 
 // statusEvery is how often the status is re-read between heartbeats
-// (tunnels come and go on their own).
-const statusEvery = 5 * time.Second
+// (tunnels come and go on their own); startPoll is how often until
+// READY=1 was sent.
+const (
+	statusEvery = 5 * time.Second
+	startPoll   = 200 * time.Millisecond
+)
 
 // NewSupervisor returns a supervisor of src for d.
 func NewSupervisor(d *Daemon, src AgentSource, clk clock.Clock, log *slog.Logger) *Supervisor {
@@ -76,23 +80,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if s.d.Watchdog > 0 {
 		every = min(every, s.d.Watchdog/2)
 	}
-	t := s.clock.NewTicker(every)
+	t := s.clock.NewTimer(startPoll)
 	defer t.Stop()
 	var lastPing time.Time
 	sick := false
 	for {
 		now := s.clock.Now()
 		l := s.src.Lifecycle()
-		if !s.reloading.Load() {
-			st := s.status(l, now)
-			if !s.ready.Load() && AgentReady(l) {
-				s.ready.Store(true)
-				s.d.Ready(st)
-				s.log.Info("ready", "status", st)
-			} else {
-				s.d.Status(st)
-			}
-		}
+		// The ping decision comes first: a STATUS seen means that round's
+		// ping was decided (tests rely on it).
 		if s.d.Watchdog > 0 && now.Sub(lastPing) >= s.d.Watchdog/2-s.d.Watchdog/20 {
 			ok, why := AgentAlive(l, now)
 			if ok {
@@ -103,6 +99,22 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 			sick = !ok
 		}
+		if !s.reloading.Load() {
+			st := s.status(l, now)
+			if !s.ready.Load() && AgentReady(l) {
+				s.ready.Store(true)
+				s.d.Ready(st)
+				s.log.Info("ready", "status", st)
+			} else {
+				s.d.Status(st)
+			}
+		}
+		wait := every
+		if !s.ready.Load() {
+			wait = min(wait, startPoll) // tunnels come up on their own: READY=1 promptly
+		}
+		t.Stop()
+		t.Reset(wait)
 		select {
 		case <-ctx.Done():
 			s.d.Stopping()
