@@ -61,6 +61,7 @@ func TestRotationRollback(t *testing.T) {
 	assert.Equal(t, string(bundle), published())
 	n1 = c.issueNode(t, c.bundleClient(n1), "node-1")
 	assert.Equal(t, newPin, issuerPin(t, n1.cert, string(bundle)))
+	require.Eventually(t, func() bool { return c.rotationStatus(t).NodesNotOnActive == 1 }, 20*time.Second, 10*time.Millisecond)
 	st, err = c.rotate(t, "complete") // node-2 is left: force update-servers
 	require.NoError(t, err)
 	assert.Equal(t, "update-servers", st.Phase)

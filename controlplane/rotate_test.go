@@ -223,6 +223,7 @@ func mustRead(t *testing.T, path string) []byte {
 func TestServingCertSwapKeepsConnections(t *testing.T) {
 	c := newCluster(t)
 	_ = c.issueNode(t, c.withToken(c.token(time.Hour)), "node-1") // keeps update-clients until forced
+	require.Eventually(t, func() bool { return c.rotationStatus(t).Nodes == 1 }, 20*time.Second, 10*time.Millisecond)
 	_, err := c.rotate(t, "start")
 	require.NoError(t, err)
 	bundle := mustRead(t, controlplane.Paths{DataDir: c.dir}.CACert())
