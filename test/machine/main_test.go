@@ -95,31 +95,49 @@ func buildFixture(t *testing.T) (*fixture, error) {
 		return nil, err
 	}
 	var times []string
-	lower, built, err := Rootfs(testLog{t})
-	if err != nil {
-		return nil, err
+	// debootstrap waits on the mirror and the builds on the CPU: overlap them.
+	type rootfsResult struct {
+		dir   string
+		built time.Duration
+		err   error
 	}
-	f.Lower = lower
-	if built > 0 {
-		times = append(times, fmt.Sprintf("root file system built in %v", built.Round(time.Second)))
-	}
+	rootfsc := make(chan rootfsResult, 1)
+	go func() {
+		dir, built, err := Rootfs(testLog{t})
+		rootfsc <- rootfsResult{dir, built, err}
+	}()
 	start := time.Now()
-	for _, v := range []string{oldVersion, newVersion} {
-		bin, err := BuildBinary(f.Root, workDir, v)
-		if err != nil {
-			return nil, err
+	buildErr := func() error {
+		for _, v := range []string{oldVersion, newVersion} {
+			bin, err := BuildBinary(f.Root, workDir, v)
+			if err != nil {
+				return err
+			}
+			p, err := BuildPackages(unitsRoot(f.Root), bin, v, filepath.Join(workDir, "pkg-"+v))
+			if err != nil {
+				return err
+			}
+			if v == oldVersion {
+				f.OldBin, f.Old = bin, p
+			} else {
+				f.New = p
+			}
 		}
-		p, err := BuildPackages(unitsRoot(f.Root), bin, v, filepath.Join(workDir, "pkg-"+v))
-		if err != nil {
-			return nil, err
-		}
-		if v == oldVersion {
-			f.OldBin, f.Old = bin, p
-		} else {
-			f.New = p
-		}
+		return nil
+	}()
+	built := time.Since(start)
+	r := <-rootfsc
+	if buildErr != nil {
+		return nil, buildErr
 	}
-	times = append(times, fmt.Sprintf("two binaries and their packages built in %v", time.Since(start).Round(100*time.Millisecond)))
+	if r.err != nil {
+		return nil, r.err
+	}
+	f.Lower = r.dir
+	if r.built > 0 {
+		times = append(times, fmt.Sprintf("root file system built in %v", r.built.Round(time.Second)))
+	}
+	times = append(times, fmt.Sprintf("two binaries and their packages built in %v", built.Round(100*time.Millisecond)))
 	f.buildTimes = strings.Join(times, "; ")
 	t.Logf("machine fixture: %s", f.buildTimes)
 	return f, nil
