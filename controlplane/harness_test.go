@@ -40,6 +40,9 @@ type cluster struct {
 	// tunnelAddr, when set before start, is where the tunnel server
 	// listens.
 	tunnelAddr string
+	// konnAddr, when set before start, is where the Konnectivity gRPC
+	// frontend listens (mutual TLS).
+	konnAddr string
 }
 
 // newCluster starts a cluster; opts change it before it starts.
@@ -114,7 +117,7 @@ func (c *cluster) start() {
 	c.t.Helper()
 	srv, err := controlplane.NewServer(controlplane.Config{DataDir: c.dir, MetadataFile: c.meta, Clock: c.clk, Workers: 4,
 		GCInterval:   10000 * time.Hour, // tests call Collect themselves
-		MetadataData: c.metaData, TunnelListen: c.tunnelAddr})
+		MetadataData: c.metaData, TunnelListen: c.tunnelAddr, KonnectivityListen: c.konnAddr})
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -21,18 +21,27 @@ import (
 // returns the issuer CN of the server's certificate.
 func tunnelIssuer(t *testing.T, addr string, creds nodeCreds, roots []byte) (string, error) {
 	t.Helper()
+	return tlsIssuer(t, addr, "http/1.1", creds, roots)
+}
+
+// tlsIssuer is tunnelIssuer for any TLS port, offering ALPN proto, which
+// the server must pick.
+func tlsIssuer(t *testing.T, addr, proto string, creds nodeCreds, roots []byte) (string, error) {
+	t.Helper()
 	pair, err := tls.X509KeyPair(creds.cert, creds.key)
 	require.NoError(t, err)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(roots)
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair},
-		ServerName: "localhost", NextProtos: []string{"http/1.1"}}}
+		ServerName: "localhost", NextProtos: []string{proto}}}
 	conn, err := d.DialContext(ctxT(t), "tcp", addr)
 	if err != nil {
 		return "", err
 	}
 	defer conn.Close()
-	return conn.(*tls.Conn).ConnectionState().PeerCertificates[0].Issuer.CommonName, nil
+	cs := conn.(*tls.Conn).ConnectionState()
+	require.Equal(t, proto, cs.NegotiatedProtocol)
+	return cs.PeerCertificates[0].Issuer.CommonName, nil
 }
 
 // TestRotationRollback: start, a node moves to the new CA, rollback
@@ -40,7 +49,7 @@ func tunnelIssuer(t *testing.T, addr string, creds nodeCreds, roots []byte) (str
 // moves back, complete drops the new CA. The tunnel port and the
 // metadata data file follow every step.
 func TestRotationRollback(t *testing.T) {
-	c := newCluster(t, func(c *cluster) { c.metaData = c.meta; c.tunnelAddr = freeAddr(t) })
+	c := newCluster(t, func(c *cluster) { c.metaData = c.meta; c.tunnelAddr = freeAddr(t); c.konnAddr = freeAddr(t) })
 	p := controlplane.Paths{DataDir: c.dir}
 	published := func() string {
 		d, err := metadata.LoadFile(c.meta)
@@ -66,6 +75,9 @@ func TestRotationRollback(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "update-servers", st.Phase)
 	iss, err := tunnelIssuer(t, c.tunnelAddr, n2, bundle) // an old-CA client, trusting both
+	require.NoError(t, err)
+	assert.Equal(t, "nodetrust-cluster-ca-1", iss)
+	iss, err = tlsIssuer(t, c.konnAddr, "h2", n2, bundle) // the Konnectivity frontend too
 	require.NoError(t, err)
 	assert.Equal(t, "nodetrust-cluster-ca-1", iss)
 
