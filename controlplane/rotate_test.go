@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -136,6 +137,11 @@ nodetrust_controlplane_ca_rotation_phase{phase="update-servers"} 0
 	assert.NotEqual(t, oldPin, st.Active)
 	assert.Equal(t, 2, st.NodesNotOnActive)
 	newPin := st.Active
+	for _, k := range []string{"pki/ca-1/apiserver.key", "pki/ca-1/admin.key", "signer/ca-1.key", "admin.kubeconfig"} {
+		fi, err := os.Stat(filepath.Join(c.dir, k))
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), k)
+	}
 
 	// Both CAs' client certificates work; the server still presents the
 	// old CA's certificate; the ConfigMap names the new CA active.
