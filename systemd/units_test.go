@@ -124,6 +124,11 @@ func TestAgentUnitDirectives(t *testing.T) {
 	for _, key := range []string{"StartLimitIntervalSec", "StartLimitBurst", "TimeoutStartSec", "TimeoutStopSec", "RuntimeDirectory", "ConfigurationDirectory"} {
 		assert.Len(t, directives(t, u, key), 1, key)
 	}
+	for _, svc := range services {
+		for _, v := range directives(t, svc, "RestartPreventExitStatus") {
+			assert.NotContains(t, strings.Fields(v), "2", "%s: a watchdog kill (SIGABRT) makes Go exit 2; it must restart", svc)
+		}
+	}
 	assert.Equal(t, []string{"yes"}, directives(t, "nodetrust-metadata.socket", "FreeBind"))
 	assert.Equal(t, []string{"metadata"}, directives(t, "nodetrust-metadata.socket", "FileDescriptorName"))
 }
