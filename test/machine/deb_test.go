@@ -3,6 +3,7 @@
 package machine
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -54,6 +55,13 @@ func TestNspawnDebLifecycle(t *testing.T) {
 		assert.Equal(t, "notify", p["Type"])
 		assert.Equal(t, "nodetrust", p["User"])
 		firstPID = p["MainPID"]
+		// Non-root with exactly CAP_NET_ADMIN and CAP_NET_BIND_SERVICE.
+		procStatus, err := ct.Run(ctxT(t, 10*time.Second), "cat", "/proc/"+firstPID+"/status")
+		require.NoError(t, err)
+		for _, want := range []string{"CapEff:\t0000000000001400", "CapAmb:\t0000000000001400"} {
+			assert.Contains(t, string(procStatus), want)
+		}
+		assert.NotContains(t, string(procStatus), "Uid:\t0\t", "the agent must not run as root")
 		// READY means certified: the credentials are there at once.
 		_, err = os.Stat(ct.Path(agentState + "/pki/kubelet-client-current.pem"))
 		require.NoError(t, err, "client certificate right after READY")
@@ -85,6 +93,21 @@ func TestNspawnDebLifecycle(t *testing.T) {
 		assert.Equal(t, "running", p["SubState"])
 		assert.Equal(t, firstPID, p["MainPID"], "reload must not restart the agent")
 		assert.Equal(t, "0", p["NRestarts"])
+	})
+	step("a killed agent is restarted with its state", func(t *testing.T) {
+		_, err := ct.Run(ctxT(t, 10*time.Second), "systemctl", "kill", "--signal=SIGKILL", agentUnit)
+		require.NoError(t, err)
+		eventually(t, 30*time.Second, "restart after SIGKILL", func() error {
+			p := show(t, ct, agentUnit, "ActiveState", "MainPID", "NRestarts")
+			if p["ActiveState"] != "active" || p["NRestarts"] != "1" || p["MainPID"] == firstPID {
+				return fmt.Errorf("not yet: %v", p)
+			}
+			firstPID = p["MainPID"]
+			return nil
+		})
+		cr, err := clientCert(ct)
+		require.NoError(t, err)
+		assert.Equal(t, serial, cr.Serial, "a restart must reuse the stored credentials")
 	})
 	var confBefore []byte
 	step("upgrade keeps the edited config and the state, restarts the agent", func(t *testing.T) {

@@ -117,7 +117,9 @@ func BootContainer(opts ContainerOptions, timeout time.Duration) (_ *Container, 
 	args := []string{"--quiet", "--register=no", "--keep-unit", "--directory=" + root,
 		"--machine=" + opts.Name, "--boot", "--console=passive"}
 	if opts.NetNS != "" {
-		args = append(args, "--network-namespace-path="+opts.NetNS)
+		// nspawn grants CAP_NET_ADMIN only with a network of its own
+		// making; this namespace is the test's own, so grant it too.
+		args = append(args, "--network-namespace-path="+opts.NetNS, "--capability=CAP_NET_ADMIN")
 	} else {
 		args = append(args, "--private-network")
 	}

@@ -34,6 +34,9 @@ out=/run/nodetrust-probe.txt
 	echo "uptime: $(cut -d' ' -f1 /proc/uptime)"
 	echo "is-active: $(systemctl is-active nodetrust-agent.service)"
 	systemctl show -p ActiveEnterTimestampMonotonic -p NRestarts -p Result -p User nodetrust-agent.service | sed 's/=/: /'
+	pid=$(systemctl show -p MainPID --value nodetrust-agent.service)
+	echo "uid: $(awk '/^Uid:/ {print $2}' /proc/$pid/status)"
+	echo "capeff: $(awk '/^CapEff:/ {print $2}' /proc/$pid/status)"
 	echo "kernel: $(uname -r)"
 	echo "eth0: $(ip -4 -br addr show dev eth0)"
 	for f in /var/lib/nodetrust/pki/*; do echo "file: $(stat -c '%a %U' "$f") $f"; done
@@ -108,6 +111,8 @@ func TestVM(t *testing.T) {
 		float64(atoiOr(r["ActiveEnterTimestampMonotonic"], 0))/1e6, r["uptime"], r["eth0"])
 	assert.Equal(t, "0", r["NRestarts"])
 	assert.Equal(t, "nodetrust", r["User"])
+	assert.NotEqual(t, "0", r["uid"], "the agent must not run as root")
+	assert.Equal(t, "0000000000001400", r["capeff"], "CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only")
 	var st agent.Status
 	require.NoError(t, json.Unmarshal([]byte(r["status-json"]), &st), "status --json: %q", r["status-json"])
 	cr, ok := e2e.ClientCredential(&st)
