@@ -163,6 +163,7 @@ func (a *Agent) pollTrust(ctx context.Context) time.Duration {
 	case ctx.Err() != nil:
 		return 0
 	case err == nil:
+		a.trust.setRejected(false) // the API accepts the certificate (again)
 		if err := a.applyBundle(data, chain, caPEM, cur.Cert); err != nil {
 			return a.trustFailed(err)
 		}
