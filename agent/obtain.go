@@ -48,7 +48,7 @@ func (a *Agent) ensure(ctx context.Context, c *credential) error {
 	if b := a.trust.current(); action == Wait && b != nil && Reissue(now, certOf(p), b) && c.reissuedFor() != b.Generation {
 		action, reissueFor = Renew, b.Generation // a CA rotation or rollback is under way
 	}
-	if c == a.client && p != nil && action != Bootstrap && a.trust.isRejected() {
+	if c == a.client && p != nil && action != Bootstrap && a.trust.isRejected(p.Cert) {
 		action = Bootstrap
 	}
 	switch action {
@@ -72,7 +72,7 @@ func (a *Agent) ensure(ctx context.Context, c *credential) error {
 	case Bootstrap:
 		if c == a.client {
 			switch {
-			case p != nil && a.trust.isRejected():
+			case p != nil && a.trust.isRejected(p.Cert):
 				a.log.Warn("the API rejects the client certificate; bootstrapping from metadata", "issuer", p.Cert.Issuer.String())
 			case p != nil:
 				a.log.Warn("client certificate expired; bootstrapping from metadata", "not_after", p.Cert.NotAfter.UTC())
@@ -192,7 +192,7 @@ func (a *Agent) obtain(ctx context.Context, c *credential, roots *x509.CertPool,
 	a.m.rotations.WithLabelValues(c.name, how).Inc()
 	if c == a.client {
 		if how == "bootstrap" {
-			a.trust.setRejected(false)
+			a.trust.setRejected(nil)
 		}
 		signal(a.trust.poke) // check the trust bundle with the new certificate
 		if err := a.writeKubeconfig(); err != nil {

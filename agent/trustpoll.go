@@ -49,9 +49,10 @@ type trust struct {
 	checked   bool // a read was tried
 	published bool // the last answer was a bundle, not 404
 	lastCheck time.Time
-	// rejected is set when the API refused the client certificate at the
-	// TLS or HTTP level: the next round bootstraps from metadata.
-	rejected bool
+	// rejected is the client certificate the API refused at the TLS or
+	// HTTP level (nil: none): while it is the current one, rounds
+	// bootstrap from metadata.
+	rejected *x509.Certificate
 }
 
 func newTrust() *trust {
@@ -72,17 +73,17 @@ func (t *trust) current() *Bundle {
 	return t.bundle
 }
 
-// isRejected reports whether the API refused the client certificate
-// since the last bootstrap.
-func (t *trust) isRejected() bool {
+// isRejected reports whether the API refused cert.
+func (t *trust) isRejected(cert *x509.Certificate) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.rejected
+	return cert != nil && t.rejected != nil && t.rejected.Equal(cert)
 }
 
-func (t *trust) setRejected(v bool) {
+// setRejected records that the API refused cert (nil: clears).
+func (t *trust) setRejected(cert *x509.Certificate) {
 	t.mu.Lock()
-	t.rejected = v
+	t.rejected = cert
 	t.mu.Unlock()
 }
 
@@ -163,7 +164,9 @@ func (a *Agent) pollTrust(ctx context.Context) time.Duration {
 	case ctx.Err() != nil:
 		return 0
 	case err == nil:
-		a.trust.setRejected(false) // the API accepts the certificate (again)
+		if a.trust.isRejected(cur.Cert) {
+			a.trust.setRejected(nil) // the API accepts the certificate again
+		}
 		if err := a.applyBundle(data, chain, caPEM, cur.Cert); err != nil {
 			return a.trustFailed(err)
 		}
@@ -186,7 +189,7 @@ func (a *Agent) pollTrust(ctx context.Context) time.Duration {
 	case clientRejected(err):
 		a.log.Warn("the API rejects this node's client certificate (its CA is no longer trusted); bootstrapping from metadata",
 			"issuer", cur.Cert.Issuer.String(), "err", err)
-		a.trust.setRejected(true)
+		a.trust.setRejected(cur.Cert)
 		signal(a.trust.wake)
 		return a.trustFailed(err)
 	default:
