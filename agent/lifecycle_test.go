@@ -2,6 +2,8 @@ package agent_test
 
 import (
 	"context"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -9,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/metadata/mdclient"
 	"github.com/nodetrust/nodetrust/test/harness"
 )
 
@@ -104,4 +107,49 @@ func TestReloadWithoutRunTimesOut(t *testing.T) {
 	defer cancel()
 	_, err := n.a.Reload(ctx, n.cfg)
 	require.ErrorIs(t, err, agent.ErrNotRunning)
+}
+
+// TestReloadInterruptsARound: a reload during a long round (here a
+// metadata server that accepts and never answers) is taken at once.
+func TestReloadInterruptsARound(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	md := mdclient.New(mdclient.Config{Host: ln.Addr().String(), RequestTimeout: 2 * time.Minute, RetryMax: -1})
+	n := newNode(t, env, nodeOpts{md: md})
+	stop := n.run()
+	defer stop()
+	require.Eventually(t, func() bool {
+		l := n.a.Lifecycle()
+		return l.InRound && !l.Credentials[0].Valid
+	}, 30*time.Second, 10*time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = n.a.Reload(ctx, n.cfg)
+	require.NoError(t, err)
+	assert.Less(t, time.Since(start), 20*time.Second, "the reload waited for the hung round")
+	assert.Equal(t, 1, n.a.Lifecycle().Reloads)
 }
