@@ -57,7 +57,10 @@ func AgentStatus(l agent.Lifecycle, now time.Time) string {
 		}
 		fmt.Fprintf(&b, "%s cert valid until %s", c.Name, stamp(c.NotAfter))
 	}
-	if l.TunnelServers > 0 {
+	switch {
+	case l.TunnelServers > 0 && l.TunnelsUp > l.TunnelServers: // replicas behind one address, HA streams
+		fmt.Fprintf(&b, ", %d tunnels up to %d servers", l.TunnelsUp, l.TunnelServers)
+	case l.TunnelServers > 0:
 		fmt.Fprintf(&b, ", %d/%d tunnels up", l.TunnelsUp, l.TunnelServers)
 	}
 	return b.String()

@@ -39,6 +39,8 @@ func TestAgentStatusAndReady(t *testing.T) {
 			"ready: client cert valid until 2026-11-29 02:00 UTC, serving cert valid until 2026-11-29 02:00 UTC, 2/2 tunnels up"},
 		{"one of two tunnels is enough", agent.Lifecycle{Credentials: []agent.CredentialState{client}, TunnelServers: 2, TunnelsUp: 1}, true,
 			"ready: client cert valid until 2026-11-29 02:00 UTC, 1/2 tunnels up"},
+		{"replicas behind one address", agent.Lifecycle{Credentials: []agent.CredentialState{client}, TunnelServers: 1, TunnelsUp: 3}, true,
+			"ready: client cert valid until 2026-11-29 02:00 UTC, 3 tunnels up to 1 servers"},
 		{"no tunnel up", agent.Lifecycle{Credentials: []agent.CredentialState{client}, TunnelServers: 1}, false,
 			"waiting for a tunnel: client cert valid until 2026-11-29 02:00 UTC, 0/1 tunnels up"},
 		{"serving missing", agent.Lifecycle{InRound: true, Credentials: []agent.CredentialState{client, {Name: "serving", Pending: true}}}, false,
