@@ -225,3 +225,15 @@ func TestStandInBinary(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, exec.Command(bin).Run())
 }
+
+// TestNotInShippedBinary keeps nfpm (and this package) out of the binary
+// the packages ship.
+func TestNotInShippedBinary(t *testing.T) {
+	needTool(t, "go")
+	out, err := exec.Command("go", "list", "-deps", "../cmd/nodetrust").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	for _, dep := range strings.Fields(string(out)) {
+		assert.False(t, strings.Contains(dep, "goreleaser/nfpm") || strings.HasSuffix(dep, "/nodetrust/packaging"),
+			"cmd/nodetrust links %s", dep)
+	}
+}
