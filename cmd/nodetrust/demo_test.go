@@ -62,7 +62,8 @@ func TestDemoTellsTheWholeStory(t *testing.T) {
 }
 
 func TestDemoInterruptedLeavesNothing(t *testing.T) {
-	before, _ := os.ReadDir(os.TempDir())
+	tmp := t.TempDir() // the demo's folder goes here, so other runs' folders do not count
+	t.Setenv("TMPDIR", tmp)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		time.Sleep(time.Second)
@@ -75,19 +76,11 @@ func TestDemoInterruptedLeavesNothing(t *testing.T) {
 	if !strings.Contains(out, "interrupted: stopping every component") {
 		t.Errorf("no interruption notice:\n%s", out)
 	}
-	after, _ := os.ReadDir(os.TempDir())
-	for _, e := range after {
-		if strings.HasPrefix(e.Name(), "nodetrust-demo-") && !contains(before, e.Name()) {
-			t.Errorf("left behind: %s", e.Name())
-		}
+	left, err := os.ReadDir(tmp)
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-func contains(es []os.DirEntry, name string) bool {
-	for _, e := range es {
-		if e.Name() == name {
-			return true
-		}
+	for _, e := range left {
+		t.Errorf("left behind in TMPDIR: %s", e.Name())
 	}
-	return false
 }
