@@ -27,7 +27,7 @@ func init() {
 	register(&command{
 		name:    "agent",
 		summary: "Run the node agent: bootstrap from metadata, obtain and rotate the node's certificates.",
-		usage: "[--config FILE] [--once [--timeout D]]  |  reload --pid PID\n\n" +
+		usage: "[--config FILE] [--once [--timeout D]]  |  reload --pid PID  |  configured [--config FILE]\n\n" +
 			"Exit codes: 0 success (--once: credentials valid), 1 --once could not obtain them before --timeout\n" +
 			"or the agent failed, 2 bad command line, 3 bad configuration file.\n" +
 			"Under systemd (Type=notify) it sends READY=1 once its credentials are valid and a tunnel is up,\n" +
@@ -40,6 +40,9 @@ func init() {
 func runAgent(ctx context.Context, env *cmdEnv, args []string) error {
 	if len(args) > 0 && args[0] == "reload" {
 		return runAgentReload(ctx, env, args[1:])
+	}
+	if len(args) > 0 && args[0] == "configured" {
+		return runAgentConfigured(ctx, env, args[1:])
 	}
 	fs := newFlagSet(commands["agent"], env)
 	cfgPath := fs.String("config", "/etc/nodetrust/agent.yaml", "agent configuration file")

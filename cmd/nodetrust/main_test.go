@@ -72,7 +72,7 @@ func TestEverySubcommandHasHelpWithExample(t *testing.T) {
 	for name := range controlplaneSubs {
 		subs = append(subs, []string{"controlplane", name})
 	}
-	subs = append(subs, []string{"agent", "reload"}, []string{"metadata", "reload"})
+	subs = append(subs, []string{"agent", "reload"}, []string{"agent", "configured"}, []string{"metadata", "reload"})
 	for _, sub := range subs {
 		t.Run(strings.Join(sub, " "), func(t *testing.T) {
 			code, out, errOut := run(t, context.Background(), append(sub, "--help")...)

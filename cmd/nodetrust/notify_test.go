@@ -243,3 +243,34 @@ func (s *syncWriter) String() string {
 	defer s.mu.Unlock()
 	return s.w.String()
 }
+
+func TestAgentConfigured(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name string
+		path string
+		code int
+		want string
+	}{
+		{"no file", filepath.Join(dir, "missing.yaml"), 1, "does not exist"},
+		{"as shipped: comments only", write("shipped.yaml", "# server: https://10.0.0.2:6443\n"), 1, "set \"server\""},
+		{"server set", write("ok.yaml", "server: https://10.0.0.2:6443\n"), 0, "is configured"},
+		{"server set, mistakes elsewhere: the agent reports them", write("bad.yaml", "server: https://10.0.0.2:6443\nchekInterval: 1m\n"), 0, "is configured"},
+		{"not YAML: the agent reports it", write("garbage.yaml", "{{{"), 0, "is configured"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := run(t, context.Background(), "agent", "configured", "--config", tt.path)
+			if code != tt.code || !strings.Contains(out+errOut, tt.want) {
+				t.Fatalf("exit %d (want %d), output %q %q: want %q", code, tt.code, out, errOut, tt.want)
+			}
+		})
+	}
+}
