@@ -24,9 +24,14 @@ import (
 // what the test checks to the results disk (/dev/vdb) and powers off.
 const probeScript = `#!/bin/sh
 # nodetrust machine-test probe (test/machine/vm_test.go)
-for i in $(seq 1 240); do
+# Until active, failed, or back to inactive after a start (a skipped
+# condition); a restart in between shows as activating.
+for i in $(seq 1 150); do
 	state=$(systemctl is-active nodetrust-agent.service)
 	[ "$state" = active ] || [ "$state" = failed ] && break
+	if [ "$state" = inactive ] && [ "$(systemctl show -p InactiveExitTimestampMonotonic --value nodetrust-agent.service)" != 0 ]; then
+		break
+	fi
 	sleep 1
 done
 out=/run/nodetrust-probe.txt
