@@ -40,6 +40,12 @@ func TestNspawnDebLifecycle(t *testing.T) {
 		assert.Equal(t, "enabled", isEnabled(t, ct, agentUnit))
 		assert.Equal(t, "inactive", p["ActiveState"], "not configured yet, so not started")
 		userIDs(t, ct, "nodetrust") // the common package created the user
+		// Started by hand (or at boot) before it is configured: skipped, not failed.
+		_, err := ct.Run(ctxT(t, 60*time.Second), "systemctl", "start", agentUnit)
+		require.NoError(t, err, "start of an unconfigured agent")
+		p = show(t, ct, agentUnit, "ActiveState", "Result")
+		assert.Equal(t, "inactive", p["ActiveState"], "an unconfigured agent must not run or fail")
+		assert.Equal(t, "success", p["Result"])
 	})
 	step("configured agent starts and reaches READY", func(t *testing.T) {
 		require.NoError(t, appendFile(ct.Path(agentConf), adminConfig()))
