@@ -23,7 +23,9 @@ import (
 // probeScript runs in the guest after boot: it waits for the agent, writes
 // what the test checks to the results disk (/dev/vdb) and powers off.
 const probeScript = `#!/bin/sh
-# nodetrust machine-test probe (test/machine/vm_test.go)
+# nodetrust machine-test probe (test/machine/vm_test.go), ordered after
+# nodetrust-online.target as a consumer of the node identity would be.
+at_start=$(systemctl is-active nodetrust-agent.service)
 # Until active, failed, or back to inactive after a start (a skipped
 # condition); a restart in between shows as activating.
 for i in $(seq 1 150); do
@@ -37,7 +39,9 @@ done
 out=/run/nodetrust-probe.txt
 {
 	echo "uptime: $(cut -d' ' -f1 /proc/uptime)"
+	echo "at-start: $at_start"
 	echo "is-active: $(systemctl is-active nodetrust-agent.service)"
+	echo "online-target: $(systemctl is-active nodetrust-online.target)"
 	systemctl show -p ActiveEnterTimestampMonotonic -p NRestarts -p Result -p User nodetrust-agent.service | sed 's/=/: /'
 	pid=$(systemctl show -p MainPID --value nodetrust-agent.service)
 	echo "uid: $(awk '/^Uid:/ {print $2}' /proc/$pid/status)"
@@ -57,7 +61,8 @@ systemctl poweroff
 
 const probeUnit = `[Unit]
 Description=nodetrust machine-test probe
-After=nodetrust-agent.service network-online.target
+Wants=nodetrust-online.target
+After=nodetrust-online.target
 
 [Service]
 Type=oneshot
@@ -114,6 +119,8 @@ func TestVM(t *testing.T) {
 	require.Equal(t, "active", r["is-active"], "nodetrust-agent.service in the guest")
 	t.Logf("guest %s: agent active (READY) at %.1f s of uptime, probe at %s s; %s", r["kernel"],
 		float64(atoiOr(r["ActiveEnterTimestampMonotonic"], 0))/1e6, r["uptime"], r["eth0"])
+	assert.Equal(t, "active", r["at-start"], "a unit ordered after nodetrust-online.target must start after READY")
+	assert.Equal(t, "active", r["online-target"])
 	assert.Equal(t, "0", r["NRestarts"])
 	assert.Equal(t, "nodetrust", r["User"])
 	assert.NotEqual(t, "0", r["uid"], "the agent must not run as root")
