@@ -27,7 +27,14 @@ func TestNspawnDebLifecycle(t *testing.T) {
 	c := startCluster(t, f)
 	ct := bootNode(t, f, c, "nt-deb")
 	node := c.Nodes[0]
-	var firstPID, serial string
+	var firstPID, serial, certFile string
+	// currentCert is the dated file the current-certificate link points
+	// at: a new bootstrap would make a new one.
+	currentCert := func(t *testing.T) string {
+		target, err := os.Readlink(ct.Path(agentState + "/pki/kubelet-client-current.pem"))
+		require.NoError(t, err)
+		return target
+	}
 
 	step := func(name string, fn func(t *testing.T)) {
 		if !t.Run(name, fn) {
@@ -77,6 +84,7 @@ func TestNspawnDebLifecycle(t *testing.T) {
 			return err
 		})
 		serial = cr.Serial
+		certFile = currentCert(t)
 		assert.Equal(t, "CN=system:node:node-a,O=system:nodes", cr.Subject)
 		// ... and the tunnel is up: the metadata host reaches node-a's
 		// kubelet port through it.
@@ -114,6 +122,7 @@ func TestNspawnDebLifecycle(t *testing.T) {
 		cr, err := clientCert(ct)
 		require.NoError(t, err)
 		assert.Equal(t, serial, cr.Serial, "a restart must reuse the stored credentials")
+		assert.Equal(t, certFile, currentCert(t), "a restart must reuse the stored credentials")
 	})
 	var confBefore []byte
 	step("upgrade keeps the edited config and the state, restarts the agent", func(t *testing.T) {
@@ -139,6 +148,9 @@ func TestNspawnDebLifecycle(t *testing.T) {
 		cr, err := clientCert(ct)
 		require.NoError(t, err)
 		assert.Equal(t, serial, cr.Serial, "the state (credentials) must survive the upgrade: same certificate, no new bootstrap")
+		// The restarted agent is READY (try-restart waited for it), so a
+		// new bootstrap would have moved the link already.
+		assert.Equal(t, certFile, currentCert(t), "the upgrade must keep the credentials")
 	})
 	step("remove stops the agent and keeps config and state", func(t *testing.T) {
 		_, err := ct.Run(ctxT(t, 60*time.Second), "dpkg", "-r", "nodetrust-agent")
