@@ -28,8 +28,8 @@ type ContainerOptions struct {
 	// NetNS is the path of the network namespace the container joins
 	// (e.g. /run/netns/x); empty means a private one with only loopback.
 	NetNS string
-	// Binds are extra systemd-nspawn --bind/--bind-ro arguments
-	// ("host:container" with an optional ":ro" handled by the caller).
+	// Binds are extra systemd-nspawn arguments, whole, such as
+	// "--bind-ro=/host/dir:/in/container".
 	Binds []string
 	// Prepare, if set, edits the root (Root path) before the boot.
 	Prepare func(root string) error
@@ -43,11 +43,10 @@ type Container struct {
 	Root string // the merged root, as the container sees it
 	Log  string // systemd-nspawn's output (the container's console)
 
-	upper string
-	cmd   *exec.Cmd
-	done  chan struct{}
-	err   error // set when done is closed
-	pid1  int
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // set when done is closed
+	pid1 int
 }
 
 // mountOverlay mounts an overlay of lower (read-only) at dir/root, writing
@@ -100,7 +99,7 @@ func BootContainer(opts ContainerOptions, timeout time.Duration) (_ *Container, 
 		return nil, err
 	}
 	c := &Container{Name: opts.Name, Root: root, Log: filepath.Join(opts.Dir, "console.log"),
-		upper: filepath.Join(opts.Dir, "upper"), done: make(chan struct{})}
+		done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			c.Stop()
