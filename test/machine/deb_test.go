@@ -175,6 +175,10 @@ func TestNspawnDebLifecycle(t *testing.T) {
 		}
 		_, err = ct.Run(ctxT(t, 10*time.Second), "getent", "passwd", "nodetrust")
 		assert.NoError(t, err, "the system user stays (Debian practice)")
+		// No enablement or mask left behind.
+		out, err := ct.Run(ctxT(t, 10*time.Second), "find", "/etc/systemd/system", "-name", "nodetrust-agent*")
+		require.NoError(t, err)
+		assert.Empty(t, strings.TrimSpace(string(out)), "left in /etc/systemd/system after purge")
 	})
 }
 
