@@ -106,6 +106,7 @@ func buildRootfs(dir string, logw io.Writer) error {
 	cmd := exec.Command("debootstrap", "--variant=minbase", "--include="+strings.Join(RootfsPackages, ","),
 		Suite, tmp, mirror)
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // the next build clears its folder
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		os.RemoveAll(tmp)
