@@ -124,6 +124,43 @@ func TestNspawnDebLifecycle(t *testing.T) {
 		assert.Equal(t, serial, cr.Serial, "a restart must reuse the stored credentials")
 		assert.Equal(t, certFile, currentCert(t), "a restart must reuse the stored credentials")
 	})
+	step("a hung agent is killed by the watchdog and restarted", func(t *testing.T) {
+		// The unit's WatchdogSec, shortened for the test by a drop-in.
+		dropin := ct.Path("/etc/systemd/system/" + agentUnit + ".d")
+		require.NoError(t, os.MkdirAll(dropin, 0o755))
+		require.NoError(t, os.WriteFile(dropin+"/watchdog.conf", []byte("[Service]\nWatchdogSec=5s\n"), 0o644))
+		t.Cleanup(func() {
+			os.RemoveAll(dropin)
+			ct.Run(ctxT(t, 30*time.Second), "systemctl", "daemon-reload")
+		})
+		_, err := ct.Run(ctxT(t, 30*time.Second), "systemctl", "daemon-reload")
+		require.NoError(t, err)
+		_, err = ct.Run(ctxT(t, 90*time.Second), "systemctl", "restart", agentUnit)
+		require.NoError(t, err)
+		p := show(t, ct, agentUnit, "MainPID", "NRestarts", "WatchdogTimestampMonotonic", "WatchdogUSec")
+		require.Equal(t, "5s", p["WatchdogUSec"])
+		pid, restarts := p["MainPID"], p["NRestarts"]
+		eventually(t, 15*time.Second, "a watchdog ping", func() error {
+			if now := show(t, ct, agentUnit, "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"]; now == p["WatchdogTimestampMonotonic"] {
+				return fmt.Errorf("no ping since %s", now)
+			}
+			return nil
+		})
+		_, err = ct.Sh(ctxT(t, 10*time.Second), "kill -STOP "+pid)
+		require.NoError(t, err)
+		eventually(t, 40*time.Second, "restart after the watchdog timeout", func() error {
+			q := show(t, ct, agentUnit, "ActiveState", "MainPID", "NRestarts")
+			if q["ActiveState"] != "active" || q["MainPID"] == pid || q["NRestarts"] == restarts {
+				return fmt.Errorf("not yet: %v", q)
+			}
+			firstPID = q["MainPID"]
+			return nil
+		})
+		out, err := ct.Run(ctxT(t, 10*time.Second), "journalctl", "--no-pager", "-u", agentUnit, "-g", "watchdog")
+		require.NoError(t, err)
+		assert.Contains(t, string(out), "Watchdog timeout")
+		assert.Equal(t, certFile, currentCert(t), "the restart must reuse the stored credentials")
+	})
 	var confBefore []byte
 	step("upgrade keeps the edited config and the state, restarts the agent", func(t *testing.T) {
 		var err error
