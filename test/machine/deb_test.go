@@ -107,6 +107,17 @@ func TestNspawnDebLifecycle(t *testing.T) {
 		assert.Equal(t, "running", p["SubState"])
 		assert.Equal(t, firstPID, p["MainPID"], "reload must not restart the agent")
 		assert.Equal(t, "0", p["NRestarts"])
+
+		// A rejected file: reload fails, the agent runs on.
+		good, err := os.ReadFile(ct.Path(agentConf))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(ct.Path(agentConf), append(append([]byte{}, good...), "noSuchKey: 1\n"...), 0o644))
+		_, err = ct.Run(ctxT(t, 60*time.Second), "systemctl", "reload", agentUnit)
+		assert.Error(t, err, "reload of a file the agent rejects must fail")
+		p = show(t, ct, agentUnit, "ActiveState", "MainPID")
+		assert.Equal(t, "active", p["ActiveState"])
+		assert.Equal(t, firstPID, p["MainPID"])
+		require.NoError(t, os.WriteFile(ct.Path(agentConf), good, 0o644))
 	})
 	step("a killed agent is restarted with its state", func(t *testing.T) {
 		_, err := ct.Run(ctxT(t, 10*time.Second), "systemctl", "kill", "--signal=SIGKILL", agentUnit)
