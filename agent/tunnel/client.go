@@ -269,13 +269,24 @@ func (c *Client) supervise(ctx context.Context, addr string, slot int, r *replic
 			log.Info("client certificate changed; new tunnel up, draining the old one")
 			old := cur
 			cur = next
-			drains.Go(func() { c.drain(ctx, old) })
+			drains.Go(func() {
+				// The server registers the new tunnel a moment after
+				// the preface this side waited for; until then the old
+				// one must stay, or a request could find the node with
+				// no tunnel at all (seen as a 503 under CA rotation).
+				c.sleep(ctx, min(handover, c.cfg.CertCheckInterval))
+				c.drain(ctx, old)
+			})
 		}
 	}
 	if cur != nil {
 		c.drain(ctx, cur)
 	}
 }
+
+// handover is how long a replaced tunnel keeps taking streams after its
+// replacement is up (at most CertCheckInterval).
+const handover = time.Second
 
 func (c *Client) drain(ctx context.Context, t *tunnelConn) {
 	t.drain(ctx, c.cfg.DrainTimeout, c.cfg.StopTimeout, c.clock)
