@@ -182,6 +182,11 @@ func (a *Agent) obtain(ctx context.Context, c *credential, roots *x509.CertPool,
 	if err != nil {
 		return fmt.Errorf("%w: %w", errStore, err)
 	}
+	if _, now, err := a.readCA(); err == nil && how == "renew" {
+		// A rotation may have started while the request was out: the
+		// certificate chains to the bundle read since, not the older one.
+		roots = now
+	}
 	p, err := c.store.Update(certPEM, keyPEM, roots)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errStore, err)
