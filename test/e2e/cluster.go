@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/controlplane"
 	"github.com/nodetrust/nodetrust/metadata"
 )
 
@@ -48,6 +50,17 @@ type ClusterOptions struct {
 	// file: the trust bundle goes into project attribute
 	// nodetrust-ca-bundle on every change.
 	PublishBundle bool
+	// InProcessSigner, when set, runs the signer in the test process (the
+	// same controlplane.RunSigner the binary runs; the API reaches it over
+	// its UNIX socket as usual) with these lifetimes, which the binary's
+	// flags cannot set (it has no --backdate and a 10 m floor on
+	// --duration): short certificate lifetimes for renewal scenarios.
+	InProcessSigner *SignerLifetimes
+}
+
+// SignerLifetimes are an in-process signer's certificate lifetimes.
+type SignerLifetimes struct {
+	MaxDuration, Backdate time.Duration
 }
 
 // Cluster is a running metadata host (signer, API with tunnel server,
@@ -126,11 +139,17 @@ func StartCluster(t testing.TB, opt ClusterOptions) *Cluster {
 	if c.CAPEM, err = os.ReadFile(filepath.Join(c.CPDir, "pki", "ca.crt")); err != nil {
 		t.Fatal(err)
 	}
-	c.Signer = c.start(host, "signer", append([]string{"controlplane", "signer", "--data-dir", c.CPDir}, opt.SignerArgs...)...)
+	var signerProcs []*Process
+	if l := opt.InProcessSigner; l != nil {
+		c.startSignerInProcess(*l)
+	} else {
+		c.Signer = c.start(host, "signer", append([]string{"controlplane", "signer", "--data-dir", c.CPDir}, opt.SignerArgs...)...)
+		signerProcs = append(signerProcs, c.Signer)
+	}
 	c.Eventually(20*time.Second, "signer socket", func() error {
 		_, err := os.Stat(filepath.Join(c.CPDir, "run", "signer.sock"))
 		return err
-	}, c.Signer)
+	}, signerProcs...)
 
 	c.Data = c.metadataData("")
 	c.must(c.WriteData())
@@ -181,6 +200,26 @@ func StartCluster(t testing.TB, opt ClusterOptions) *Cluster {
 		c.must(os.WriteFile(n.ConfigPath, b, 0o600))
 	}
 	return c
+}
+
+// startSignerInProcess runs controlplane.RunSigner in the test process
+// until the test ends.
+func (c *Cluster) startSignerInProcess(l SignerLifetimes) {
+	f, err := os.Create(filepath.Join(c.Dir, "signer.log"))
+	c.must(err)
+	log := slog.New(slog.NewTextHandler(f, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- controlplane.RunSigner(ctx, controlplane.SignerConfig{DataDir: c.CPDir, MaxDuration: l.MaxDuration, Backdate: l.Backdate, Logger: log})
+	}()
+	c.t.Cleanup(func() { f.Close() })
+	c.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			c.t.Errorf("in-process signer: %v", err)
+		}
+	})
 }
 
 // metadataData is the metadata of every node: its own name and addresses,

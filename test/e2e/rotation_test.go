@@ -27,17 +27,19 @@ import (
 // Rotation scenarios (issue #9): agents poll the trust bundle every
 // second and hold a client and a serving certificate, each renewed (new
 // key, authenticated by the current client certificate) when the active
-// CA changes; the control plane publishes the bundle into the metadata
-// data file. (The shortest lifetime the signer allows, 10 m plus its 5 m
-// backdate, puts planned renewals beyond a test's length: the renewals
-// here are the rotation's own.)
+// CA changes and on its own schedule: the signer (in-process, see
+// ClusterOptions.InProcessSigner) issues certificates valid from 100 s
+// ago to 45 s ahead, so each one is renewed 1.5 to 30 s after it was
+// issued, throughout the rotation. The control plane publishes the bundle
+// into the metadata data file.
 func startRotationCluster(t *testing.T, nodes int) *Cluster {
 	t.Helper()
 	requireRoot(t)
 	return StartCluster(t, ClusterOptions{
-		Binary:        bin,
-		Topology:      TopologyOptions{Nodes: nodes, PodsPerNode: 0},
-		PublishBundle: true,
+		Binary:          bin,
+		Topology:        TopologyOptions{Nodes: nodes, PodsPerNode: 0},
+		PublishBundle:   true,
+		InProcessSigner: &SignerLifetimes{MaxDuration: 45 * time.Second, Backdate: 100 * time.Second},
 		AgentConfig: func(n *Node, cfg map[string]any) {
 			cfg["trust"] = map[string]any{"checkInterval": "1s"}
 			cfg["checkInterval"] = "1s"
@@ -54,6 +56,17 @@ func (c *Cluster) rotate(t *testing.T, verb string) apiserver.RotationStatus {
 	var st apiserver.RotationStatus
 	c.must(json.Unmarshal(out, &st))
 	return st
+}
+
+// waitPhase waits until the rotation is in phase.
+func (c *Cluster) waitPhase(t *testing.T, phase string) {
+	t.Helper()
+	c.Eventually(30*time.Second, "rotation phase "+phase, func() error {
+		if st := c.rotate(t, "status"); st.Phase != phase {
+			return fmt.Errorf("phase %s", st.Phase)
+		}
+		return nil
+	}, c.API)
 }
 
 // caByPin returns the CA with pin from the control plane's bundle file.
@@ -113,9 +126,11 @@ func (n *Node) onCA(ca *x509.Certificate, pins ...string) error {
 // connection kept open from the start (HTTP keep-alive through one
 // tunneled stream). It counts successes and keeps every failure.
 type traffic struct {
+	c      *Cluster
 	ok     atomic.Int64
 	mu     sync.Mutex
 	fails  []string
+	first  time.Time // of the first failure
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -123,7 +138,7 @@ type traffic struct {
 func (c *Cluster) startTraffic(t *testing.T, nodes ...*Node) *traffic {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	tr := &traffic{cancel: cancel}
+	tr := &traffic{c: c, cancel: cancel}
 	for _, n := range nodes {
 		target := fmt.Sprintf("%s:10250", n.Name)
 		conn, err := c.Connect(ctx, target)
@@ -169,7 +184,10 @@ func (tr *traffic) loop(ctx context.Context, what string, get func() error) {
 				return
 			}
 			tr.mu.Lock()
-			tr.fails = append(tr.fails, fmt.Sprintf("%s %s: %v", time.Now().Format("15:04:05.000"), what, err))
+			if len(tr.fails) == 0 {
+				tr.first = time.Now()
+			}
+			tr.fails = append(tr.fails, fmt.Sprintf("%s %s: %v", time.Now().UTC().Format("15:04:05.000"), what, err))
 			tr.mu.Unlock()
 		} else {
 			tr.ok.Add(1)
@@ -191,7 +209,8 @@ func (tr *traffic) check(t *testing.T) {
 	defer tr.mu.Unlock()
 	t.Logf("requests through the tunnels: %d succeeded, %d failed", tr.ok.Load(), len(tr.fails))
 	if len(tr.fails) > 0 {
-		t.Fatalf("%d requests failed, first ones: %v", len(tr.fails), tr.fails[:min(len(tr.fails), 10)])
+		t.Fatalf("%d requests failed, first ones: %v\nlogs around the first failure:\n%s", len(tr.fails), tr.fails[:min(len(tr.fails), 10)],
+			tr.c.logsAround(tr.first, 2*time.Second))
 	}
 	if tr.ok.Load() < 100 {
 		t.Fatalf("only %d requests made", tr.ok.Load())
@@ -226,11 +245,16 @@ func TestCARotation(t *testing.T) {
 	for _, n := range on {
 		c.Eventually(30*time.Second, n.Name+" on the new CA", func() error { return n.onCA(newCA, newPin, oldPin) }, n.Agent)
 	}
-	if st = c.rotate(t, "status"); st.Phase == "update-clients" {
-		st = c.rotate(t, "complete") // the forced step, when the 10 s check did not move it yet
-	}
-	if st.Phase != "update-servers" {
-		t.Fatalf("phase %s, want update-servers", st.Phase)
+	// The node that is away still counts as on the old CA, so the control
+	// plane stays in update-clients: complete forces update-servers.
+	c.Eventually(30*time.Second, "one node left on the old CA", func() error {
+		if st := c.rotate(t, "status"); st.Phase != "update-clients" || st.NodesNotOnActive != 1 {
+			return fmt.Errorf("phase %s, %d nodes not on the active CA", st.Phase, st.NodesNotOnActive)
+		}
+		return nil
+	}, c.API)
+	if st = c.rotate(t, "complete"); st.Phase != "update-servers" {
+		t.Fatalf("phase %s after the first complete, want update-servers", st.Phase)
 	}
 	time.Sleep(3 * time.Second) // servers on the new CA, under traffic
 	st = c.rotate(t, "complete")
@@ -242,6 +266,7 @@ func TestCARotation(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // traffic after the rotation, too
 	tr.check(t)
+	logRenewals(t, on...)
 
 	// The node that was away.
 	away.StartAgent()
@@ -275,9 +300,7 @@ func TestCARotationRollback(t *testing.T) {
 	for _, n := range c.Nodes {
 		c.Eventually(30*time.Second, n.Name+" on the new CA", func() error { return n.onCA(newCA, newPin, oldPin) }, n.Agent)
 	}
-	if st = c.rotate(t, "status"); st.Phase == "update-clients" {
-		st = c.rotate(t, "complete")
-	}
+	c.waitPhase(t, "update-servers")
 	time.Sleep(2 * time.Second) // servers on the new CA, under traffic
 	st = c.rotate(t, "rollback")
 	if st.Phase != "rollback" || st.Active != oldPin {
@@ -295,6 +318,7 @@ func TestCARotationRollback(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	tr.check(t)
+	logRenewals(t, c.Nodes...)
 }
 
 func containsAll(s string, subs ...string) bool {
@@ -304,4 +328,44 @@ func containsAll(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// logRenewals logs how many certificates each node's agent renewed (the
+// rotation's re-issues and the scheduled renewals of short lifetimes).
+func logRenewals(t *testing.T, nodes ...*Node) {
+	t.Helper()
+	for _, n := range nodes {
+		log := n.Agent.Tail(4 << 20)
+		t.Logf("%s renewed %d client and %d serving certificates", n.Name,
+			strings.Count(log, `credential=client how=renew`), strings.Count(log, `credential=serving how=renew`))
+	}
+}
+
+// logsAround returns the log lines of every process stamped within d of
+// at, each prefixed with its process name.
+func (c *Cluster) logsAround(at time.Time, d time.Duration) string {
+	var b strings.Builder
+	seen := map[string]bool{}
+	for _, p := range c.procs {
+		if seen[p.Log] {
+			continue
+		}
+		seen[p.Log] = true
+		raw, err := os.ReadFile(p.Log)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			v, ok := strings.CutPrefix(line, "time=")
+			if !ok {
+				continue
+			}
+			v, _, _ = strings.Cut(v, " ")
+			ts, err := time.Parse(time.RFC3339Nano, v)
+			if err == nil && ts.After(at.Add(-d)) && ts.Before(at.Add(d)) {
+				fmt.Fprintf(&b, "%s: %s\n", p.Name, line)
+			}
+		}
+	}
+	return b.String()
 }
