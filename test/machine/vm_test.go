@@ -75,10 +75,11 @@ WantedBy=multi-user.target
 `
 
 // TestVM boots a real kernel (QEMU, TCG) from the root file system with
-// the agent's .deb installed and configured, on slirp user networking:
-// 169.254.169.254:80 is forwarded to the metadata server of a real cluster
-// (through node-a's namespace, where QEMU runs) and the guest reaches the
-// control plane at its address through slirp. The guest's probe unit
+// the agent's .deb installed and configured, as docs/vm-e2e.md's recipe
+// does: slirp user networking forwards the guest's 169.254.169.254:80 to a
+// metadata server on the host's loopback, and the guest reaches the
+// control plane there as 169.254.0.2 (a SAN of its certificate). The host
+// side is a network namespace of the test's own. The guest's probe unit
 // reports whether the agent bootstrapped and reached READY on boot.
 func TestVM(t *testing.T) {
 	f := getFixture(t, "qemu-system-x86_64", "mke2fs", "busybox")
@@ -86,7 +87,7 @@ func TestVM(t *testing.T) {
 	if err != nil {
 		t.Skipf("no kernel to boot: %v", err)
 	}
-	c := startCluster(t, f)
+	host := startVMHost(t, f.OldBin)
 	dir, err := os.MkdirTemp(workDir, "vm-")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
@@ -99,13 +100,9 @@ func TestVM(t *testing.T) {
 	results := filepath.Join(dir, "results.img")
 	require.NoError(t, os.WriteFile(results, make([]byte, 1<<20), 0o644))
 	console := filepath.Join(dir, "console.log")
-	ns := c.Nodes[0].Net.NS
 	took, err := RunVM(context.Background(), VMOptions{
 		Kernel: k, Image: image, Results: results, Console: console,
-		// The forward runs in node-a's namespace, where 169.254.169.254
-		// routes to the metadata host: the server sees node-a's address.
-		Netdev: fmt.Sprintf("user,id=n0,net=169.254.0.0/16,guestfwd=tcp:%s:80-cmd:busybox nc %s 80", e2e.MetadataIP, e2e.MetadataIP),
-		Start:  ns.Start,
+		Netdev: vmNetdev(), Start: host.NS.Start,
 	}, 6*time.Minute)
 	require.NoError(t, err)
 	t.Logf("VM booted, probed and powered off in %v", took.Round(100*time.Millisecond))
@@ -131,7 +128,7 @@ func TestVM(t *testing.T) {
 	require.True(t, ok, "no client credential in %+v", st)
 	assert.True(t, st.Healthy)
 	assert.Equal(t, "valid", cr.State)
-	assert.Equal(t, "CN=system:node:node-a,O=system:nodes", cr.Subject)
+	assert.Equal(t, "CN=system:node:"+vmNodeName+",O=system:nodes", cr.Subject)
 	var keys int
 	for _, l := range strings.Split(out, "\n") {
 		if rest, ok := strings.CutPrefix(l, "file: "); ok && strings.Contains(rest, "kubelet-client-20") {
@@ -152,7 +149,7 @@ func prepareVMImage(f *fixture, k Kernel, ovDir, image string) error {
 		return err
 	}
 	defer unmountRoot()
-	if err := PrepareGuest(root, k, "node-a"); err != nil {
+	if err := PrepareGuest(root, k, vmNodeName); err != nil {
 		return err
 	}
 	debs := []string{"/pkgs/" + filepath.Base(f.Old.Path("nodetrust", "deb")), "/pkgs/" + filepath.Base(f.Old.Path("nodetrust-agent", "deb"))}
@@ -165,7 +162,7 @@ func prepareVMImage(f *fixture, k Kernel, ovDir, image string) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("dpkg -i in the guest root: %w: %s", err, out)
 	}
-	if err := appendFile(filepath.Join(root, agentConf), adminConfig()); err != nil {
+	if err := appendFile(filepath.Join(root, agentConf), vmAgentConfig()); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(root, "usr/local/sbin/nodetrust-probe"), []byte(probeScript), 0o755); err != nil {
