@@ -28,6 +28,11 @@ const (
 // CAValidity is the lifetime of a CA made by CreateCA.
 const CAValidity = 10 * 365 * 24 * time.Hour
 
+// ControlPlaneCertValidity is the lifetime of the API serving and admin
+// certificates CreateCA issues: init's default, whatever the signer's
+// MaxDuration for node certificates.
+const ControlPlaneCertValidity = csrpolicy.DefaultDuration
+
 // CreateRequest asks the signer for a new root CA. It is idempotent per
 // ID: asked again for an ID it already made, the signer answers with what
 // it made then, whatever the requests say.
@@ -102,10 +107,13 @@ func (s *Server) CreateCA(req CreateRequest) (CreateAnswer, error) {
 	if err != nil {
 		return CreateAnswer{}, err
 	}
+	// The control plane's own certificates live as long as init's, not as
+	// long as the (possibly seconds-short) node certificates: nothing
+	// renews them outside a rotation.
 	leaf := func(r *x509.CertificateRequest, eku x509.ExtKeyUsage) ([]byte, error) {
 		c, err := pki.Issue(pki.LeafSpec{CommonName: r.Subject.CommonName, Organizations: r.Subject.Organization,
 			DNSNames: r.DNSNames, IPs: r.IPAddresses, KeyUsage: x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{eku}, NotBefore: now.Add(-s.cfg.Backdate), NotAfter: now.Add(s.cfg.MaxDuration)},
+			ExtKeyUsage: []x509.ExtKeyUsage{eku}, NotBefore: now.Add(-pki.Backdate), NotAfter: now.Add(ControlPlaneCertValidity)},
 			r.PublicKey, ca, key)
 		if err != nil {
 			return nil, err

@@ -40,6 +40,7 @@ func parse(t *testing.T, b []byte) *x509.Certificate {
 func TestCreateCAOverTheSocket(t *testing.T) {
 	srv, sock := newTestSigner(t)
 	srv.cfg.Dir = t.TempDir()
+	srv.cfg.MaxDuration = time.Minute // node certificates only
 	serve(t, srv, sock)
 	cl := NewClient(sock)
 	defer cl.Close()
@@ -56,6 +57,11 @@ func TestCreateCAOverTheSocket(t *testing.T) {
 		require.NoError(t, parse(t, b).CheckSignatureFrom(ca))
 	}
 	assert.Equal(t, []string{csrpolicy.MastersGroup}, parse(t, a.Admin).Subject.Organization)
+	for _, b := range [][]byte{a.Admin, a.Serving} {
+		c := parse(t, b)
+		assert.Equal(t, ControlPlaneCertValidity+pki.Backdate, c.NotAfter.Sub(c.NotBefore),
+			"control-plane certificates outlive the signer's node MaxDuration (%v)", srv.cfg.MaxDuration)
+	}
 	fi, err := os.Stat(filepath.Join(srv.cfg.Dir, "ca-1.key"))
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
