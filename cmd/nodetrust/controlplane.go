@@ -125,6 +125,7 @@ func runControlplaneSigner(ctx context.Context, env *cmdEnv, args []string) erro
 	dataDir := fs.String("data-dir", "", "control plane data folder")
 	socket := fs.String("socket", "", "UNIX socket to listen on (default DATA_DIR/run/signer.sock)")
 	dur := fs.Duration("duration", 365*24*time.Hour, "longest certificate lifetime; shorter spec.expirationSeconds (>= 10m) are honoured")
+	backdate := fs.Duration("backdate", 5*time.Minute, "how long before now certificates start (clock skew); at most half of --duration, since agents plan renewal from the start")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	mode := signerSocketModeFlag(fs)
 	if err := parseFlags(fs, env, args); err != nil {
@@ -133,15 +134,23 @@ func runControlplaneSigner(ctx context.Context, env *cmdEnv, args []string) erro
 	if *dataDir == "" {
 		return fmt.Errorf("%w: --data-dir is required", errUsage)
 	}
-	if *dur < 10*time.Minute {
-		return fmt.Errorf("%w: --duration %v is below the 10m minimum", errUsage, *dur)
+	switch {
+	case *dur < time.Minute:
+		return fmt.Errorf("%w: --duration %v is below the 1m minimum", errUsage, *dur)
+	case *backdate <= 0:
+		return fmt.Errorf("%w: --backdate %v must be positive", errUsage, *backdate)
+	case *backdate > *dur/2:
+		// Renewal is planned at 70-90% of NotBefore..NotAfter: a backdate
+		// this long would put it before the certificate was even issued.
+		return fmt.Errorf("%w: --backdate %v is more than half of --duration %v: agents would renew at once, forever; shorten --backdate (e.g. --backdate %v)",
+			errUsage, *backdate, *dur, (*dur / 4).Round(time.Second))
 	}
 	log, err := newLogger(env.stderr, *level)
 	if err != nil {
 		return err
 	}
 	stop := notifySigner(ctx, log, *dataDir, *socket, mode.m)
-	err = controlplane.RunSigner(ctx, controlplane.SignerConfig{DataDir: *dataDir, Socket: *socket, MaxDuration: *dur, Logger: log})
+	err = controlplane.RunSigner(ctx, controlplane.SignerConfig{DataDir: *dataDir, Socket: *socket, MaxDuration: *dur, Backdate: *backdate, Logger: log})
 	stop()
 	if errors.Is(err, context.Canceled) {
 		return nil

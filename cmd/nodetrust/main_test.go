@@ -41,6 +41,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{"unknown flag", []string{"version", "--bogus"}, 2, "-bogus"},
 		{"metadata without data", []string{"metadata"}, 2, "--data is required"},
+		{"signer with a backdate longer than half the lifetime", []string{"controlplane", "signer", "--data-dir", "/x", "--duration", "2m"}, 2, "--backdate 5m0s is more than half of --duration 2m0s"},
+		{"signer with a lifetime under a minute", []string{"controlplane", "signer", "--data-dir", "/x", "--duration", "30s", "--backdate", "5s"}, 2, "below the 1m minimum"},
 		{"metadata with missing file", []string{"metadata", "--data", "/nonexistent/md.yaml"}, 1, "/nonexistent/md.yaml"},
 	}
 	for _, tt := range tests {
