@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/nodetrust/nodetrust/internal/tunnelwire"
 )
 
 // kubeletMux stands in for a kubelet: /healthz answers who it is, /logs
@@ -48,27 +48,7 @@ func kubeletMux(node string) http.Handler {
 // UNIX-socket frontend, so requests travel through the node's tunnel.
 func tunnelClient(socket string) *http.Client {
 	dial := func(ctx context.Context, _, addr string) (net.Conn, error) {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "unix", socket)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr)
-		br := bufio.NewReader(c)
-		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-		if err != nil {
-			c.Close()
-			return nil, fmt.Errorf("CONNECT %s: %w", addr, err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			c.Close()
-			return nil, fmt.Errorf("CONNECT %s: %s", addr, resp.Status)
-		}
-		if br.Buffered() > 0 {
-			c.Close()
-			return nil, errors.New("CONNECT: bytes after the answer")
-		}
-		return c, nil
+		return tunnelwire.Connect(ctx, "unix", socket, addr)
 	}
 	return &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}, Timeout: 10 * time.Second}
 }

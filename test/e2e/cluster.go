@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/agent"
 	"github.com/nodetrust/nodetrust/controlplane"
+	"github.com/nodetrust/nodetrust/internal/tunnelwire"
 	"github.com/nodetrust/nodetrust/metadata"
 )
 
@@ -343,35 +343,8 @@ func (c *Cluster) apiClient() *http.Client {
 // Connect opens a connection to target (host:port, e.g. "node-a:10250")
 // through the tunnel server's CONNECT frontend on its UNIX socket.
 func (c *Cluster) Connect(ctx context.Context, target string) (net.Conn, error) {
-	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", c.ConnectSocket)
-	if err != nil {
-		return nil, err
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("CONNECT %s: %w", target, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		conn.Close()
-		return nil, fmt.Errorf("CONNECT %s: HTTP %d: %s", target, resp.StatusCode, strings.TrimSpace(string(b)))
-	}
-	conn.SetDeadline(time.Time{})
-	return &bufConn{Conn: conn, r: br}, nil
+	return tunnelwire.Connect(ctx, "unix", c.ConnectSocket, target)
 }
-
-type bufConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 // GetThroughTunnel makes one plain-HTTP GET of path on target through the
 // CONNECT frontend and returns the body of a 200 answer.

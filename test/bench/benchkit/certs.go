@@ -1,14 +1,10 @@
 package benchkit
 
 import (
-	"context"
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
-	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/nodetrust/nodetrust/controlplane/pki"
@@ -56,41 +52,4 @@ func (c *CA) Leaf(cn string, orgs []string, server bool) (*tls.Certificate, erro
 		return nil, err
 	}
 	return &tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}, nil
-}
-
-// Connect opens an HTTP CONNECT tunnel to target through the proxy at
-// network/addr and returns the connection once the proxy answered 200.
-func Connect(ctx context.Context, network, addr, target string) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, addr)
-	if err != nil {
-		return nil, err
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target); err != nil {
-		c.Close()
-		return nil, err
-	}
-	// Read the answer byte by byte so no tunnel bytes are buffered away.
-	var head []byte
-	b := make([]byte, 1)
-	for !strings.HasSuffix(string(head), "\r\n\r\n") {
-		if _, err := c.Read(b); err != nil {
-			c.Close()
-			return nil, fmt.Errorf("CONNECT answer: %w", err)
-		}
-		head = append(head, b[0])
-		if len(head) > 4096 {
-			c.Close()
-			return nil, errors.New("CONNECT answer too long")
-		}
-	}
-	if !strings.HasPrefix(string(head), "HTTP/1.1 200") {
-		c.Close()
-		return nil, fmt.Errorf("CONNECT refused: %q", strings.SplitN(string(head), "\r\n", 2)[0])
-	}
-	c.SetDeadline(time.Time{})
-	return c, nil
 }

@@ -39,6 +39,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodetrust/nodetrust/internal/tunnelwire"
 	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -130,9 +131,9 @@ func run(o options) error {
 		{"native DialNode", func(ctx context.Context) (net.Conn, error) { return e.native.DialNode(ctx, node, e.sink) }},
 		{"native CONNECT (unix)", func(ctx context.Context) (net.Conn, error) {
 			_, port, _ := net.SplitHostPort(e.sink)
-			return benchkit.Connect(ctx, "unix", e.socket, node+":"+port)
+			return tunnelwire.Connect(ctx, "unix", e.socket, node+":"+port)
 		}},
-		{"konnectivity CONNECT (tcp)", func(ctx context.Context) (net.Conn, error) { return benchkit.Connect(ctx, "tcp", e.front, e.sink) }},
+		{"konnectivity CONNECT (tcp)", func(ctx context.Context) (net.Conn, error) { return tunnelwire.Connect(ctx, "tcp", e.front, e.sink) }},
 	}
 	res := map[string][]float64{}
 	for r := range o.runs {

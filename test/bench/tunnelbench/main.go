@@ -49,6 +49,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nodetrust/nodetrust/internal/tunnelwire"
 	"github.com/nodetrust/nodetrust/test/bench/benchkit"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -213,7 +214,7 @@ func (e *env) dialNode(ctx context.Context) (net.Conn, error) {
 // dialFrontend opens a CONNECT tunnel through the UNIX socket frontend.
 func (e *env) dialFrontend(ctx context.Context) (net.Conn, error) {
 	_, port, _ := net.SplitHostPort(e.target)
-	return benchkit.Connect(ctx, "unix", e.socket, e.node+":"+port)
+	return tunnelwire.Connect(ctx, "unix", e.socket, e.node+":"+port)
 }
 
 // suites reports the TLS version and cipher suite of the baseline and of
