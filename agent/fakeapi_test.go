@@ -26,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/bootstrap"
 )
 
 // rotAPI is a fake API for CA-rotation tests, speaking the contract of
@@ -196,6 +197,6 @@ func (f *rotAPI) configMap(w http.ResponseWriter, r *http.Request) {
 	writeAPIObject(w, http.StatusOK, &corev1.ConfigMap{
 		TypeMeta:   metav1.TypeMeta{Kind: "ConfigMap", APIVersion: "v1"},
 		ObjectMeta: metav1.ObjectMeta{Name: "nodetrust-trust-bundle", Namespace: "kube-public", ResourceVersion: gen},
-		Data:       map[string]string{"ca.crt": string(b), "active": agent.Pin(f.active.cert), "phase": f.phase, "generation": gen},
+		Data:       map[string]string{"ca.crt": string(b), "active": bootstrap.SPKIPin(f.active.cert), "phase": f.phase, "generation": gen},
 	})
 }

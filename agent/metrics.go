@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/nodetrust/nodetrust/bootstrap"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -68,7 +69,7 @@ func newMetrics(reg prometheus.Registerer, a *Agent) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "nodetrust_agent_trust_bundle_roots",
 			Help: "Cluster CAs the agent trusts (in <stateDir>/ca.crt); 2 during a CA rotation.",
-		}, func() float64 { return float64(len(pemCertsOf(a.caPEMOrNil()))) }),
+		}, func() float64 { roots, _ := bootstrap.ParseCerts(a.caPEMOrNil()); return float64(len(roots)) }),
 	}
 	for _, c := range a.creds {
 		c := c

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/bootstrap"
 	"github.com/nodetrust/nodetrust/internal/clock"
 	"github.com/nodetrust/nodetrust/test/harness"
 )
@@ -45,14 +46,14 @@ func TestRotationWithControlPlane(t *testing.T) {
 				roots := pemCerts(t, filepath.Join(s, "ca.crt"))
 				var got []string
 				for _, r := range roots {
-					got = append(got, agent.Pin(r))
+					got = append(got, bootstrap.SPKIPin(r))
 				}
 				assert.Equal(c, pins, got, s)
 				certs := pemCerts(t, filepath.Join(s, "pki", "kubelet-client-current.pem"))
 				if assert.NotEmpty(c, certs) {
 					ok := false
 					for _, r := range roots {
-						ok = ok || (agent.Pin(r) == pin && certs[0].CheckSignatureFrom(r) == nil)
+						ok = ok || (bootstrap.SPKIPin(r) == pin && certs[0].CheckSignatureFrom(r) == nil)
 					}
 					assert.True(c, ok, "%s: client certificate not issued by %s", s, pin)
 				}

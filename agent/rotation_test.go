@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/bootstrap"
 	"github.com/nodetrust/nodetrust/metadata"
 	"github.com/nodetrust/nodetrust/metadata/mdclient"
 )
@@ -116,7 +117,7 @@ func (n *rotNode) roots() []string {
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		require.NoError(n.t, err)
-		pins = append(pins, agent.Pin(c))
+		pins = append(pins, bootstrap.SPKIPin(c))
 	}
 }
 
@@ -126,7 +127,7 @@ func (n *rotNode) waitOn(ca *testCA, roots ...*testCA) {
 	n.t.Helper()
 	var want []string
 	for _, r := range roots {
-		want = append(want, agent.Pin(r.cert))
+		want = append(want, bootstrap.SPKIPin(r.cert))
 	}
 	require.EventuallyWithT(n.t, func(c *assert.CollectT) {
 		cert := n.clientCert()
@@ -149,17 +150,17 @@ func TestRotationFollowsTheBundle(t *testing.T) {
 	api.set("update-clients", oldCA, newCA, oldCA)
 	n.waitOn(newCA, newCA, oldCA)
 	require.NotEqual(t, first.PublicKey, n.clientCert().PublicKey, "a new key for the re-issued certificate")
-	require.Equal(t, agent.Pin(newCA.cert), n.a.TrustBundle().ActivePin)
+	require.Equal(t, bootstrap.SPKIPin(newCA.cert), n.a.TrustBundle().ActivePin)
 	st := n.a.Status()
 	require.NotNil(t, st.Trust)
 	require.True(t, st.Trust.Published)
 	require.Equal(t, "update-clients", st.Trust.Phase)
-	require.Equal(t, agent.Pin(newCA.cert), st.Trust.ActiveCA)
+	require.Equal(t, bootstrap.SPKIPin(newCA.cert), st.Trust.ActiveCA)
 	require.Len(t, st.Trust.Roots, 2)
 	var words strings.Builder
 	st.Describe(&words, time.Now())
 	require.Contains(t, words.String(), "trust bundle: generation 2, rotation phase update-clients")
-	require.Contains(t, words.String(), "signing CA    "+agent.Pin(newCA.cert))
+	require.Contains(t, words.String(), "signing CA    "+bootstrap.SPKIPin(newCA.cert))
 
 	// update-servers: the API presents a certificate of the new CA.
 	api.set("update-servers", newCA, newCA, oldCA)
@@ -235,7 +236,7 @@ func TestRotationWhileAway(t *testing.T) {
 	n.waitOn(newCA, newCA)
 	require.Eventually(t, func() bool {
 		b := n.a.TrustBundle()
-		return b != nil && b.ActivePin == agent.Pin(newCA.cert)
+		return b != nil && b.ActivePin == bootstrap.SPKIPin(newCA.cert)
 	}, 10*time.Second, 10*time.Millisecond, "the bundle read after the bootstrap")
 	n.stop()
 }

@@ -1,10 +1,7 @@
 package agent
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"strconv"
@@ -45,18 +42,16 @@ func ParseBundle(data map[string]string) (*Bundle, error) {
 	if b.Generation, err = strconv.ParseUint(data["generation"], 10, 64); err != nil {
 		return nil, fmt.Errorf("%w: generation %q is not a number", ErrBundle, data["generation"])
 	}
-	rest := pemB
-	for {
-		var c *x509.Certificate
-		c, rest = nextCert(rest)
-		if c == nil {
-			break
-		}
+	roots, err := bootstrap.ParseCerts(pemB)
+	if err != nil {
+		return nil, fmt.Errorf("%w: ca.crt: %w", ErrBundle, err)
+	}
+	for _, c := range roots {
 		if !c.IsCA || !c.BasicConstraintsValid {
 			return nil, fmt.Errorf("%w: ca.crt: %s is not a CA certificate", ErrBundle, c.Subject)
 		}
 		b.Roots = append(b.Roots, c)
-		if Pin(c) == b.ActivePin {
+		if bootstrap.SPKIPin(c) == b.ActivePin {
 			b.Active = c
 		}
 	}
@@ -64,12 +59,6 @@ func ParseBundle(data map[string]string) (*Bundle, error) {
 		return nil, fmt.Errorf("%w: the active CA %q is not in ca.crt (%d roots)", ErrBundle, b.ActivePin, len(b.Roots))
 	}
 	return b, nil
-}
-
-// Pin is "sha256:<hex of the SubjectPublicKeyInfo>" of cert.
-func Pin(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // Pool returns the bundle's roots as a pool.
@@ -130,33 +119,4 @@ func IssuedByAny(cert *x509.Certificate, roots []*x509.Certificate) bool {
 		}
 	}
 	return false
-}
-
-// nextCert parses the first certificate of PEM b (nil at the end).
-func nextCert(b []byte) (*x509.Certificate, []byte) {
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return nil, nil
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		if c, err := x509.ParseCertificate(blk.Bytes); err == nil {
-			return c, b
-		}
-	}
-}
-
-// pemCertsOf parses every certificate of PEM b.
-func pemCertsOf(b []byte) []*x509.Certificate {
-	var out []*x509.Certificate
-	for {
-		var c *x509.Certificate
-		if c, b = nextCert(b); c == nil {
-			return out
-		}
-		out = append(out, c)
-	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/bootstrap"
 )
 
 // testCA is a root CA that can sign leaves.
@@ -67,7 +68,7 @@ func bundleData(active *testCA, gen string, cas ...*testCA) map[string]string {
 	for _, c := range cas {
 		b = append(b, c.pem...)
 	}
-	return map[string]string{"ca.crt": string(b), "active": agent.Pin(active.cert), "phase": "update-clients", "generation": gen}
+	return map[string]string{"ca.crt": string(b), "active": bootstrap.SPKIPin(active.cert), "phase": "update-clients", "generation": gen}
 }
 
 func TestParseBundle(t *testing.T) {
@@ -82,8 +83,8 @@ func TestParseBundle(t *testing.T) {
 		{name: "old and new, new active", data: bundleData(newCA, "2", newCA, oldCA), roots: 2},
 		{name: "one CA, idle", data: bundleData(oldCA, "1", oldCA), roots: 1},
 		{name: "active not in the bundle", data: bundleData(other, "2", newCA, oldCA), wantErr: true},
-		{name: "no certificate", data: map[string]string{"ca.crt": "", "active": agent.Pin(oldCA.cert), "generation": "1"}, wantErr: true},
-		{name: "a leaf in the bundle", data: map[string]string{"ca.crt": string(oldCA.pem) + string(leafPEM), "active": agent.Pin(oldCA.cert), "generation": "1"}, wantErr: true},
+		{name: "no certificate", data: map[string]string{"ca.crt": "", "active": bootstrap.SPKIPin(oldCA.cert), "generation": "1"}, wantErr: true},
+		{name: "a leaf in the bundle", data: map[string]string{"ca.crt": string(oldCA.pem) + string(leafPEM), "active": bootstrap.SPKIPin(oldCA.cert), "generation": "1"}, wantErr: true},
 		{name: "generation not a number", data: bundleData(oldCA, "x", oldCA), wantErr: true},
 	}
 	for _, tt := range tests {
@@ -95,7 +96,7 @@ func TestParseBundle(t *testing.T) {
 			}
 			require.NoError(t, err)
 			require.Len(t, b.Roots, tt.roots)
-			require.Equal(t, tt.data["active"], agent.Pin(b.Active))
+			require.Equal(t, tt.data["active"], bootstrap.SPKIPin(b.Active))
 		})
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/agent/certstore"
 	"github.com/nodetrust/nodetrust/agent/csr"
+	"github.com/nodetrust/nodetrust/bootstrap"
 	"github.com/nodetrust/nodetrust/internal/atomicfile"
 )
 
@@ -106,7 +107,7 @@ func (t *trust) status() *TrustStatus {
 	if b := t.bundle; b != nil {
 		s.Generation, s.Phase, s.ActiveCA = b.Generation, b.Phase, b.ActivePin
 		for _, r := range b.Roots {
-			s.Roots = append(s.Roots, r.Subject.String()+" "+Pin(r))
+			s.Roots = append(s.Roots, r.Subject.String()+" "+bootstrap.SPKIPin(r))
 		}
 	}
 	return s

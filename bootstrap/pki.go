@@ -37,7 +37,7 @@ func parsePin(p string) ([]byte, error) {
 
 // checkPin reports whether a CA certificate of bundle has the pinned key.
 func checkPin(bundle, pin []byte) error {
-	certs, _ := parseCerts(bundle)
+	certs, _ := ParseCerts(bundle)
 	for _, c := range certs {
 		sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
 		if isCA(c) && bytes.Equal(sum[:], pin) {
@@ -53,7 +53,7 @@ func isCA(c *x509.Certificate) bool { return c.BasicConstraintsValid && c.IsCA }
 // they all parse and at least one is a CA certificate. Text between blocks
 // is ignored; a block of another type (a key, say) is an error.
 func parseCABundle(b []byte) ([]byte, error) {
-	certs, err := parseCerts(b)
+	certs, err := ParseCerts(b)
 	if err != nil {
 		return nil, err
 	}
@@ -72,8 +72,9 @@ func parseCABundle(b []byte) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// parseCerts parses every PEM block of b as a certificate.
-func parseCerts(b []byte) ([]*x509.Certificate, error) {
+// ParseCerts parses every PEM block of b as a certificate; a block of
+// another type is an error naming it.
+func ParseCerts(b []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for n := 1; ; n++ {
 		var blk *pem.Block
@@ -93,7 +94,7 @@ func parseCerts(b []byte) ([]*x509.Certificate, error) {
 }
 
 func firstCert(b []byte) (*x509.Certificate, error) {
-	certs, err := parseCerts(b)
+	certs, err := ParseCerts(b)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +132,7 @@ func decodePEMValue(v string) ([]byte, error) {
 // named certName and keyName in errors, and returns them re-encoded: the
 // certificates, and the one key block.
 func checkPair(certPEM, keyPEM []byte, certName, keyName string) (certOut, keyOut []byte, err error) {
-	certs, err := parseCerts(certPEM)
+	certs, err := ParseCerts(certPEM)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", certName, err)
 	}

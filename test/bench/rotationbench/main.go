@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/bootstrap"
 	"github.com/nodetrust/nodetrust/controlplane"
 	"github.com/nodetrust/nodetrust/internal/clock"
 	"github.com/nodetrust/nodetrust/test/harness"
@@ -258,7 +259,7 @@ func caByPin(env *harness.Env, pin string) (*x509.Certificate, error) {
 			return nil, fmt.Errorf("no CA with pin %s in the control plane's ca.crt", pin)
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
-		if err == nil && agent.Pin(c) == pin {
+		if err == nil && bootstrap.SPKIPin(c) == pin {
 			return c, nil
 		}
 	}
