@@ -17,10 +17,7 @@ import (
 // SPKIPin returns cert's public key pin, "sha256:" and the lowercase hex
 // SHA-256 of its DER SubjectPublicKeyInfo, the format of kubeadm's
 // --discovery-token-ca-cert-hash and of Config.CAPin.
-func SPKIPin(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
+func SPKIPin(cert *x509.Certificate) string { return pemkey.Pin(cert) }
 
 // parsePin parses "sha256:<64 hex digits>" (hex in either case).
 func parsePin(p string) ([]byte, error) {

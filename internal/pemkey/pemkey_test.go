@@ -5,7 +5,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"strings"
 	"testing"
@@ -43,5 +45,21 @@ func TestParse(t *testing.T) {
 	}
 	if Matches(rk.Public(), ec) {
 		t.Fatal("different keys match")
+	}
+}
+
+func TestPin(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(der)
+	want := "sha256:" + hex.EncodeToString(sum[:])
+	if got := Pin(&x509.Certificate{RawSubjectPublicKeyInfo: der}); got != want {
+		t.Fatalf("Pin = %s, want %s", got, want)
 	}
 }
