@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/agent"
+	"github.com/nodetrust/nodetrust/bootstrap"
 	"github.com/nodetrust/nodetrust/controlplane/apiserver"
 )
 
@@ -73,7 +73,7 @@ func (c *Cluster) waitPhase(t *testing.T, phase string) {
 func (c *Cluster) caByPin(t *testing.T, pin string) *x509.Certificate {
 	t.Helper()
 	for _, ca := range pemFileCerts(filepath.Join(c.CPDir, "pki", "ca.crt")) {
-		if agent.Pin(ca) == pin {
+		if bootstrap.SPKIPin(ca) == pin {
 			return ca
 		}
 	}
@@ -108,12 +108,12 @@ func (n *Node) onCA(ca *x509.Certificate, pins ...string) error {
 			return fmt.Errorf("%s: no %s certificate", n.Name, cred)
 		}
 		if err := certs[0].CheckSignatureFrom(ca); err != nil {
-			return fmt.Errorf("%s: %s certificate (issuer %s) not issued by %s", n.Name, cred, certs[0].Issuer, agent.Pin(ca))
+			return fmt.Errorf("%s: %s certificate (issuer %s) not issued by %s", n.Name, cred, certs[0].Issuer, bootstrap.SPKIPin(ca))
 		}
 	}
 	var got []string
 	for _, r := range pemFileCerts(filepath.Join(n.StateDir, "ca.crt")) {
-		got = append(got, agent.Pin(r))
+		got = append(got, bootstrap.SPKIPin(r))
 	}
 	if !slices.Equal(got, pins) {
 		return fmt.Errorf("%s: ca.crt holds %v, want %v", n.Name, got, pins)
