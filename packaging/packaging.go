@@ -8,6 +8,7 @@
 package packaging
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"github.com/goreleaser/nfpm/v2"
 	_ "github.com/goreleaser/nfpm/v2/deb" // registers the deb packager
 	_ "github.com/goreleaser/nfpm/v2/rpm" // registers the rpm packager
+	"github.com/nodetrust/nodetrust/internal/atomicfile"
 )
 
 // Formats are the package formats Build makes by default.
@@ -158,21 +160,11 @@ func (b *builder) build(name, format string) (Artifact, error) {
 	// gets a copy.
 	fileInfo := *info
 	path := filepath.Join(b.opts.OutDir, pkgr.ConventionalFileName(&fileInfo))
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
+	var pkg bytes.Buffer
+	if err := pkgr.Package(info, &pkg); err != nil {
 		return Artifact{}, err
 	}
-	if err := pkgr.Package(info, f); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return Artifact{}, err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return Artifact{}, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.WriteVolatile(path, pkg.Bytes(), 0o644); err != nil {
 		return Artifact{}, err
 	}
 	return Artifact{Package: name, Format: format, Path: path}, nil

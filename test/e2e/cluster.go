@@ -24,6 +24,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/agent"
 	"github.com/nodetrust/nodetrust/controlplane"
+	"github.com/nodetrust/nodetrust/internal/atomicfile"
 	"github.com/nodetrust/nodetrust/internal/tunnelwire"
 	"github.com/nodetrust/nodetrust/metadata"
 )
@@ -256,11 +257,7 @@ func (c *Cluster) WriteData() error {
 	if err != nil {
 		return err
 	}
-	tmp := c.DataFile + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, c.DataFile)
+	return atomicfile.WriteVolatile(c.DataFile, b, 0o600)
 }
 
 func (c *Cluster) must(err error) {
