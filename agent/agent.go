@@ -423,6 +423,11 @@ func (a *Agent) runKonnectivity(ctx context.Context) {
 		case <-t.C():
 		}
 	}
+	select { // streams authenticate with the client certificate
+	case <-a.client.held():
+	case <-ctx.Done():
+		return
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for _, kc := range a.konn {
